@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make demo   set up .venv, generate the demo data, train RepVGG-A0 on CPU, test it,
+#               re-parameterize it, test the fused model, print a summary
+#   make test   set up .venv and run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/runtime.txt requirements/tests.txt setup.cfg pyproject.toml
+	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install -r requirements/runtime.txt -r requirements/tests.txt
+	$(VENV_PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV_PY) tools/demo.py
+
+test: $(STAMP)
+	$(VENV_PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV_PY) -m ruff check repvgg_mm tools tests configs
+
+clean:
+	rm -rf work_dirs data/demo

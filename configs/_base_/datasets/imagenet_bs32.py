@@ -1,0 +1,50 @@
+# ImageNet in the specification's layout: data/imagenet/{train,val}/<wnid>/*.JPEG, with
+# train_list.txt / val_list.txt at the root when present (else the folders are used).
+dataset_type = 'ImageNetLayoutDataset'
+data_root = 'data/imagenet'
+
+data_preprocessor = dict(
+    num_classes=1000,
+    # ImageNet mean and std in 0-255, RGB (the original normalises 0-1 images with
+    # (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225): the same thing).
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    to_rgb=True,
+)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bilinear'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=224, edge='short', backend='pillow',
+         interpolation='bilinear'),
+    dict(type='CenterCrop', crop_size=224),
+    dict(type='PackInputs'),
+]
+
+train_dataloader = dict(
+    batch_size=32,  # per GPU
+    num_workers=8,
+    persistent_workers=True,
+    dataset=dict(type=dataset_type, data_root=data_root, split='train',
+                 pipeline=train_pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=True),
+)
+
+val_dataloader = dict(
+    batch_size=32,
+    num_workers=8,
+    persistent_workers=True,
+    dataset=dict(type=dataset_type, data_root=data_root, split='val',
+                 pipeline=test_pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=False),
+)
+val_evaluator = dict(type='Accuracy', topk=(1, 5))
+
+test_dataloader = val_dataloader
+test_evaluator = val_evaluator

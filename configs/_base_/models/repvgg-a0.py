@@ -1,0 +1,14 @@
+# RepVGG-A0 classifier: backbone -> global average pool -> linear (the original's
+# classifier). Other archs override `backbone.arch` and `head.in_channels` (512 * b).
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='RepVGG', arch='A0', out_indices=(3, )),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(
+        type='LinearClsHead',
+        num_classes=1000,
+        in_channels=1280,
+        loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
+        topk=(1, 5),
+    ),
+)

@@ -1,0 +1,51 @@
+# The embedded demo: RepVGG-A0 on the procedurally drawn 10-class data set that
+# `make demo` generates in data/demo (python tools/make_demo_data.py). It inherits the
+# real ImageNet config and overrides only what the small data needs: data root, number
+# of classes, image size, epochs and batch size. Trains on a laptop CPU in minutes.
+_base_ = ['../repvgg-a0.py']
+
+data_root = 'data/demo'
+num_classes = 10
+image_size = 32
+max_epochs = 12
+batch_size = 64
+
+model = dict(head=dict(num_classes=num_classes, topk=(1, )))
+data_preprocessor = dict(num_classes=num_classes)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=image_size, crop_ratio_range=(0.6, 1.0),
+         backend='pillow', interpolation='bilinear'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=image_size, edge='short', backend='pillow',
+         interpolation='bilinear'),
+    dict(type='CenterCrop', crop_size=image_size),
+    dict(type='PackInputs'),
+]
+
+train_dataloader = dict(
+    batch_size=batch_size, num_workers=1,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=batch_size, num_workers=1,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(topk=(1, ))
+test_evaluator = val_evaluator
+
+# The schedule of the base, shortened: 1 warm-up epoch, cosine over the rest,
+# validation after every epoch. lr 0.1 per 256 images is rescaled to the batch
+# automatically (auto_scale_lr in the base).
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=1,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=max_epochs - 1, eta_min=0, by_epoch=True,
+         begin=1, end=max_epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(max_epochs=max_epochs, val_interval=1, dynamic_intervals=None)
+default_hooks = dict(logger=dict(interval=10))

@@ -1,0 +1,9 @@
+# RepVGG-A2 on ImageNet, 300 epochs.
+_base_ = [
+    '_base_/models/repvgg-a0.py',
+    '_base_/datasets/imagenet_bs32.py',
+    '_base_/schedules/imagenet_bs256_300e_coslr.py',
+    '_base_/default_runtime.py',
+]
+
+model = dict(backbone=dict(arch='A2'), head=dict(in_channels=1408))

@@ -1,0 +1,99 @@
+"""Reading and writing checkpoints: safe loading, strict matching, atomic writes."""
+import os
+import os.path as osp
+import pickle
+import tempfile
+from collections import OrderedDict
+from typing import Any, Dict, Mapping
+
+import torch
+import torch.nn as nn
+
+from .safe_load import allow_training_checkpoints
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+def load_checkpoint_file(path: str) -> Any:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    MMEngine training checkpoints (message hub, numpy scalars) are readable through
+    an allow-list of exactly their types; a pickle that would construct anything
+    else -- and so could run code -- is refused with :class:`CheckpointError`.
+    """
+    if not osp.isfile(path):
+        raise CheckpointError(f'checkpoint {path!r} does not exist')
+    try:
+        with allow_training_checkpoints():
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f'refusing to load {path!r}: it contains objects that are not plain weights '
+            f'and loading them could run code ({str(exc).splitlines()[0]})') from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f'checkpoint {path!r} could not be read (truncated or '
+                              f'not a PyTorch file?): {exc}') from exc
+
+
+def extract_state_dict(checkpoint: Any, path: str = '<checkpoint>') -> Dict[str, Any]:
+    """The weights of a checkpoint: its ``state_dict`` (or ``model``) entry, or the
+    checkpoint itself when it is a plain state dict; a DDP ``module.`` prefix is removed."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f'{path!r} holds a {type(checkpoint).__name__}, '
+                              'expected a dict of tensors')
+    for key in ('state_dict', 'model'):
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+            break
+    state_dict = OrderedDict()
+    for name, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f'{path!r}: entry {name!r} is a {type(value).__name__}, '
+                                  'expected a tensor')
+        state_dict[name[len('module.'):] if name.startswith('module.') else name] = value
+    return state_dict
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                           source: str = '<checkpoint>') -> None:
+    """Load ``state_dict`` into ``model`` requiring the exact same keys and shapes.
+
+    Raises:
+        CheckpointError: naming the first missing, unexpected and mismatching keys.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model '
+                  f'{tuple(own[k].shape)}' for k in own
+                  if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} missing keys (first: {missing[:3]})')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected keys (first: {unexpected[:3]})')
+        if mismatched:
+            parts.append(f'{len(mismatched)} shape mismatches (first: {mismatched[:2]})')
+        raise CheckpointError(f'{source!r} does not fit the model: ' + '; '.join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it to
+    ``path``: readers never see a partial file."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,32 @@
+"""Error reporting for the command-line tools: the library raises, the tools report."""
+import os
+import sys
+from typing import Callable
+
+
+def error_message(exc: BaseException) -> str:
+    """One readable line for ``exc`` (KeyError's repr-quoting removed)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = str(exc.args[0])
+    else:
+        text = str(exc)
+    return f'{type(exc).__name__}: {text}'
+
+
+def run_cli(main: Callable[[], int], prog: str) -> None:
+    """Run a tool's ``main`` and exit with its status.
+
+    Any exception becomes one line on stderr and exit status 1. Set the environment
+    variable ``REPVGG_MM_DEBUG=1`` to get the full traceback instead.
+    """
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get('REPVGG_MM_DEBUG'):
+            raise
+        print(f'{prog}: error: {error_message(exc)}', file=sys.stderr)
+        print(f'{prog}: (set REPVGG_MM_DEBUG=1 for the full traceback)', file=sys.stderr)
+        sys.exit(1)
+    sys.exit(status or 0)

@@ -1,0 +1,76 @@
+"""What the command-line tools share: loading configs, launching, building runners."""
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, does not parse or lacks a required key."""
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """Read a config file and apply ``--cfg-options`` overrides.
+
+    Raises:
+        ConfigError: naming the file, when it does not exist or does not parse.
+    """
+    if not osp.isfile(path):
+        raise ConfigError(f'config file {path!r} does not exist')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as exc:  # MMEngine raises many types; keep its message
+        raise ConfigError(f'config file {path!r} could not be loaded: '
+                          f'{type(exc).__name__}: {exc}') from exc
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def default_work_dir(config_path: str) -> str:
+    """``work_dirs/<config file name without .py>``, as MMPretrain's tools."""
+    return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def prepare_launcher(cfg: Config, launcher: str) -> None:
+    """Make ``cfg`` run under ``launcher``, also on machines without CUDA.
+
+    MMEngine's launcher assumes CUDA (``torch.cuda.set_device``, NCCL, DDP with
+    ``device_ids=[rank]``). Without CUDA we initialise a gloo process group ourselves
+    from the torchrun environment -- MMEngine then keeps it -- and wrap the model in
+    DDP with ``device_ids=None``.
+    """
+    cfg.launcher = launcher
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if not dist.is_initialized():
+        if launcher != 'pytorch':
+            raise RuntimeError(f'launcher {launcher!r} needs CUDA on this machine; '
+                               "without CUDA only 'pytorch' (torchrun) is supported")
+        dist.init_process_group(backend='gloo')
+    wrapper_cfg = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper_cfg.setdefault('type', 'MMDistributedDataParallel')
+    wrapper_cfg['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper_cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """Build the runner named by ``cfg.runner_type`` (default: MMEngine's Runner)."""
+    from mmengine.registry import RUNNERS
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def set_local_rank(local_rank: Optional[int]) -> None:
+    """torch.distributed.launch passes ``--local-rank``; torchrun sets LOCAL_RANK."""
+    if local_rank is not None and 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(local_rank)
+
+
+LAUNCHERS: Sequence[str] = ('none', 'pytorch', 'slurm', 'mpi')

@@ -1,0 +1,3 @@
+from .repvgg import RepVGG
+
+__all__ = ['RepVGG']

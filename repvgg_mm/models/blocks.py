@@ -1,0 +1,239 @@
+"""The RepVGG block and its SE layer: the one place that knows the branches and their fusion.
+
+Training time::
+
+    out = act(post(BN(conv3x3(x)) + BN(conv1x1(x)) + BN_id(x)))
+
+Inference time (after :meth:`RepVGGBlock.switch_to_deploy`)::
+
+    out = act(post(conv3x3_with_bias(x)))
+
+``post`` is an optional SE layer, placed either before the activation (RepVGG-D2se,
+attribute ``se``) or after it (RepVGGplus, attribute ``post_se``). SE is not fusable and
+stays in the deployed block.
+"""
+from collections import OrderedDict
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+SE_PLACEMENTS = {'pre': 'se', 'post': 'post_se'}
+
+
+def fuse_conv_bn(kernel: Tensor, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm into the conv kernel that feeds it.
+
+    With ``t = gamma / sqrt(running_var + eps)``, BN(conv(x, W)) equals
+    ``conv(x, W * t) + (beta - running_mean * t)``. Works for any ``_BatchNorm``
+    (``BatchNorm2d``, ``SyncBatchNorm``) and stays differentiable.
+
+    Args:
+        kernel (Tensor): Conv weight of shape (out, in/groups, k, k).
+        bn (_BatchNorm): The normalisation layer after the conv.
+
+    Returns:
+        tuple[Tensor, Tensor]: The fused kernel and bias.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f'cannot fuse {type(bn).__name__} without running statistics '
+                         '(track_running_stats=False)')
+    std = (bn.running_var + bn.eps).sqrt()
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+    t = gamma / std
+    return kernel * t.reshape(-1, 1, 1, 1), beta - bn.running_mean * t
+
+
+def identity_kernel(channels: int, groups: int, kernel_size: int = 3,
+                    device=None, dtype=None) -> Tensor:
+    """The grouped ``kernel_size`` conv kernel that maps x to x.
+
+    Output channel ``i`` has a 1 at the centre of input channel ``i mod (channels/groups)``
+    of its group, zeros elsewhere.
+    """
+    in_per_group = channels // groups
+    kernel = torch.zeros(channels, in_per_group, kernel_size, kernel_size,
+                         device=device, dtype=dtype)
+    idx = torch.arange(channels, device=device)
+    centre = kernel_size // 2
+    kernel[idx, idx % in_per_group, centre, centre] = 1
+    return kernel
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation as in the original RepVGG code.
+
+    Global average pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> sigmoid ->
+    multiply the input. State-dict names ``down``/``up`` follow the official checkpoints.
+
+    Args:
+        channels (int): Input and output channels.
+        hidden_channels (int): Channels of the bottleneck.
+    """
+
+    def __init__(self, channels: int, hidden_channels: int) -> None:
+        super().__init__()
+        if hidden_channels < 1:
+            raise ValueError(f'SE hidden channels must be >= 1, got {hidden_channels} '
+                             f'for {channels} channels')
+        self.down = nn.Conv2d(channels, hidden_channels, 1, bias=True)
+        self.up = nn.Conv2d(hidden_channels, channels, 1, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = F.adaptive_avg_pool2d(x, 1)
+        w = torch.sigmoid(self.up(F.relu(self.down(w))))
+        return x * w
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+            padding: int, dilation: int, groups: int, norm_cfg: dict) -> nn.Sequential:
+    """Conv (no bias) followed by a norm layer, named ``conv`` and ``bn``."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                     padding=padding, dilation=dilation, groups=groups, bias=False)
+    _, bn = build_norm_layer(norm_cfg, out_channels)
+    return nn.Sequential(OrderedDict(conv=conv, bn=bn))
+
+
+class RepVGGBlock(nn.Module):
+    """A re-parameterizable block: 3x3 conv+BN, 1x1 conv+BN and identity BN, summed.
+
+    The identity branch exists only when ``in_channels == out_channels`` and
+    ``stride == 1``. Both convs use ``groups``. State-dict names follow the official
+    code: ``rbr_dense.{conv,bn}``, ``rbr_1x1.{conv,bn}``, ``rbr_identity`` and, once
+    deployed, ``rbr_reparam``.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        stride (int): Stride of both convs. Defaults to 1.
+        dilation (int): Dilation of the 3x3 conv (padding follows it). Defaults to 1.
+        groups (int): Groups of both convs. Defaults to 1.
+        se_cfg (dict, optional): SE layer: ``dict(placement='pre'|'post',
+            reduction=R)`` gives an SE with ``out_channels // R`` hidden channels
+            before ('pre', attribute ``se``) or after ('post', ``post_se``) the
+            activation. Defaults to None (no SE).
+        norm_cfg (dict): Norm layer of the branches. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Activation. Defaults to ``dict(type='ReLU')``.
+        deploy (bool): Build the fused single-conv form directly. Defaults to False.
+        with_cp (bool): Use gradient checkpointing in training. Defaults to False.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 stride: int = 1,
+                 dilation: int = 1,
+                 groups: int = 1,
+                 se_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 deploy: bool = False,
+                 with_cp: bool = False) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f'groups={groups} must divide in_channels={in_channels} '
+                             f'and out_channels={out_channels}')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.dilation = dilation
+        self.groups = groups
+        self.deploy = deploy
+        self.with_cp = with_cp
+
+        if deploy:
+            self.rbr_reparam = self._fused_conv()
+        else:
+            self.rbr_dense = conv_bn(in_channels, out_channels, 3, stride, dilation,
+                                     dilation, groups, norm_cfg)
+            self.rbr_1x1 = conv_bn(in_channels, out_channels, 1, stride, 0, 1, groups,
+                                   norm_cfg)
+            if in_channels == out_channels and stride == 1:
+                _, self.rbr_identity = build_norm_layer(norm_cfg, in_channels)
+            else:
+                self.rbr_identity = None
+
+        self.se_placement = None
+        if se_cfg is not None:
+            se_cfg = dict(se_cfg)
+            placement = se_cfg.pop('placement', 'pre')
+            reduction = se_cfg.pop('reduction', 16)
+            if placement not in SE_PLACEMENTS:
+                raise ValueError(f"se_cfg placement must be one of {list(SE_PLACEMENTS)}, "
+                                 f'got {placement!r}')
+            if se_cfg:
+                raise ValueError(f'unknown se_cfg keys {sorted(se_cfg)}; '
+                                 "expected 'placement' and 'reduction'")
+            self.se_placement = placement
+            self.add_module(SE_PLACEMENTS[placement],
+                            SEBlock(out_channels, out_channels // reduction))
+        self.nonlinearity = build_activation_layer(act_cfg)
+
+    def _fused_conv(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride,
+                         padding=self.dilation, dilation=self.dilation,
+                         groups=self.groups, bias=True)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.deploy:
+            out = self.rbr_reparam(x)
+        else:
+            out = self.rbr_dense(x) + self.rbr_1x1(x)
+            if self.rbr_identity is not None:
+                out = out + self.rbr_identity(x)
+        if self.se_placement == 'pre':
+            out = self.se(out)
+        out = self.nonlinearity(out)
+        if self.se_placement == 'post':
+            out = self.post_se(out)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def get_equivalent_kernel_bias(self) -> Tuple[Tensor, Tensor]:
+        """The 3x3 kernel and bias equal to the three branches in eval mode.
+
+        Differentiable (nothing is detached), so it can also serve regularisers
+        that act on the equivalent kernel.
+        """
+        if self.deploy:
+            return self.rbr_reparam.weight, self.rbr_reparam.bias
+        kernel, bias = fuse_conv_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
+        k1x1, b1x1 = fuse_conv_bn(self.rbr_1x1.conv.weight, self.rbr_1x1.bn)
+        kernel = kernel + F.pad(k1x1, [1, 1, 1, 1])
+        bias = bias + b1x1
+        if self.rbr_identity is not None:
+            weight = self.rbr_dense.conv.weight
+            k_id, b_id = fuse_conv_bn(
+                identity_kernel(self.in_channels, self.groups, 3,
+                                device=weight.device, dtype=weight.dtype),
+                self.rbr_identity)
+            kernel = kernel + k_id
+            bias = bias + b_id
+        return kernel, bias
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Replace the branches by one 3x3 conv with bias (idempotent)."""
+        if self.deploy:
+            return
+        kernel, bias = self.get_equivalent_kernel_bias()
+        weight = self.rbr_dense.conv.weight
+        self.rbr_reparam = self._fused_conv().to(device=weight.device, dtype=weight.dtype)
+        self.rbr_reparam.weight.copy_(kernel)
+        self.rbr_reparam.bias.copy_(bias)
+        del self.rbr_dense, self.rbr_1x1, self.rbr_identity
+        self.deploy = True
+
+    def extra_repr(self) -> str:
+        return (f'in={self.in_channels}, out={self.out_channels}, stride={self.stride}, '
+                f'groups={self.groups}, deploy={self.deploy}')

@@ -1,0 +1,143 @@
+"""End-to-end tests that drive the real command-line tools on demo data."""
+import json
+import os
+import os.path as osp
+import shutil
+import sys
+
+import pytest
+import torch
+
+from conftest import DEMO_CONFIG, ROOT, free_port, python_tool, run_tool, tiny_options
+
+pytestmark = pytest.mark.slow
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_data, tmp_path_factory):
+    """One short training run (2 epochs) shared by the tests below."""
+    work_dir = str(tmp_path_factory.mktemp('train'))
+    python_tool('train.py', DEMO_CONFIG, '--work-dir', work_dir,
+                '--cfg-options', *tiny_options(tiny_data, epochs=2))
+    return work_dir
+
+
+def test_train_writes_checkpoints_and_logs(trained):
+    for epoch in (1, 2):
+        assert osp.isfile(osp.join(trained, f'epoch_{epoch}.pth'))
+    ckpt = load(osp.join(trained, 'epoch_2.pth'))
+    assert ckpt['meta']['epoch'] == 2
+    assert any(k.startswith('backbone.stage1.0.rbr_dense') for k in ckpt['state_dict'])
+
+
+def test_test_reparam_test_gives_identical_top1(trained, tiny_data, tmp_path):
+    ckpt = osp.join(trained, 'epoch_2.pth')
+    data = tiny_options(tiny_data)
+    metrics = tmp_path / 'train_metrics.json'
+    python_tool('test.py', DEMO_CONFIG, ckpt, '--work-dir', str(tmp_path),
+                '--out-metrics', str(metrics), '--cfg-options', *data)
+    out = tmp_path / 'deploy' / 'a0_deploy.pth'
+    result = python_tool('reparam.py', DEMO_CONFIG, ckpt, str(out))
+    assert 'verified' in result.stdout
+    deploy_cfg = str(out).replace('.pth', '.py')
+    assert osp.isfile(out) and osp.isfile(deploy_cfg)
+    fused = load(out)
+    assert fused['meta']['deploy'] is True
+    assert 'optimizer' not in fused and 'message_hub' not in fused
+    assert any(k.endswith('rbr_reparam.weight') for k in fused['state_dict'])
+    assert not any('rbr_dense' in k for k in fused['state_dict'])
+
+    deploy_metrics = tmp_path / 'deploy_metrics.json'
+    python_tool('test.py', deploy_cfg, str(out), '--work-dir', str(tmp_path),
+                '--out-metrics', str(deploy_metrics), '--cfg-options', *data)
+    top1 = json.loads(metrics.read_text())['accuracy/top1']
+    top1_deploy = json.loads(deploy_metrics.read_text())['accuracy/top1']
+    assert top1 == top1_deploy
+
+    # an already fused checkpoint is reported, nothing is written
+    again = tmp_path / 'again.pth'
+    result = python_tool('reparam.py', DEMO_CONFIG, str(out), str(again), check=False)
+    assert result.returncode != 0 and 'already re-parameterized' in result.stderr
+    assert not again.exists()
+
+
+def test_failed_verification_writes_nothing(trained, tmp_path):
+    out = tmp_path / 'never.pth'
+    result = python_tool('reparam.py', DEMO_CONFIG, osp.join(trained, 'epoch_1.pth'),
+                         str(out), '--tolerance', '-1', check=False)
+    assert result.returncode == 1
+    assert 'nothing written' in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_test_tool_rejects_checkpoint_of_another_arch(trained, tiny_data):
+    result = python_tool('test.py', DEMO_CONFIG, osp.join(trained, 'epoch_1.pth'),
+                         '--cfg-options', 'model.backbone.arch=A1', *tiny_options(tiny_data),
+                         check=False)
+    assert result.returncode != 0
+    assert 'size mismatch' in result.stderr or 'mismatch' in result.stderr
+
+
+@pytest.mark.parametrize('how', ['auto', 'path'])
+def test_resume_continues_counters_and_lr(trained, tiny_data, tmp_path, how):
+    work_dir = str(tmp_path)
+    first = osp.join(trained, 'epoch_1.pth')
+    if how == 'auto':
+        shutil.copy(first, osp.join(work_dir, 'epoch_1.pth'))
+        with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+            f.write(osp.join(work_dir, 'epoch_1.pth'))
+        resume = ['--resume']
+    else:
+        resume = ['--resume', first]
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', work_dir, *resume,
+                         '--cfg-options', *tiny_options(tiny_data, epochs=2))
+    log = result.stdout + result.stderr
+    assert 'resumed epoch: 1' in log
+    assert not osp.exists(osp.join(work_dir, 'epoch_1.pth')) or how == 'auto'
+    ref, got = load(osp.join(trained, 'epoch_2.pth')), load(osp.join(work_dir, 'epoch_2.pth'))
+    assert got['meta']['epoch'] == ref['meta']['epoch'] == 2
+    assert got['meta']['iter'] == ref['meta']['iter']
+    ref_lr = [g['lr'] for g in ref['optimizer']['param_groups']]
+    got_lr = [g['lr'] for g in got['optimizer']['param_groups']]
+    assert got_lr == pytest.approx(ref_lr, rel=1e-12)
+
+
+def test_dist_train_two_processes_on_cpu(tiny_data, tmp_path):
+    result = run_tool('bash', osp.join(ROOT, 'tools', 'dist_train.sh'), DEMO_CONFIG, '2',
+                      '--work-dir', str(tmp_path),
+                      '--cfg-options', *tiny_options(tiny_data, epochs=1),
+                      env=dict(PYTHON=sys.executable, PORT=str(free_port())))
+    log = result.stdout + result.stderr
+    assert 'Distributed training: True' in log
+    assert "'world_size': 2" in log or 'world_size: 2' in log or 'GPU number: 2' in log
+    ckpt = load(osp.join(tmp_path, 'epoch_1.pth'))
+    # 60 images, batch 8 per process, 2 processes: 4 iterations per epoch
+    assert ckpt['meta']['iter'] == 4
+
+
+def test_unknown_arch_is_a_clear_error(tiny_data, tmp_path):
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
+                         '--cfg-options', 'model.backbone.arch=A9',
+                         *tiny_options(tiny_data), check=False)
+    assert result.returncode == 1
+    assert "unknown RepVGG arch 'A9'" in result.stderr and 'b1g4' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    missing = str(tmp_path / 'no_such_data')
+    options = [o for o in tiny_options(missing)]
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+                         '--cfg-options', *options, check=False)
+    assert result.returncode == 1
+    assert missing in result.stderr and 'expected the layout' in result.stderr
+
+
+def test_missing_config_is_a_clear_error(tmp_path):
+    result = python_tool('train.py', str(tmp_path / 'nope.py'), check=False)
+    assert result.returncode == 1
+    assert 'nope.py' in result.stderr and 'does not exist' in result.stderr

@@ -1,0 +1,125 @@
+"""The embedded demo, end to end on CPU, through the real tools.
+
+1. generate the demo data set in data/demo (if missing);
+2. train RepVGG-A0 on it (tools/train.py);
+3. test the trained checkpoint (tools/test.py);
+4. re-parameterize it (tools/reparam.py);
+5. test the fused checkpoint with the deploy config (tools/test.py);
+6. compare the two models' logits on the whole val set and write
+   work_dirs/demo/summary.json.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from a checkout
+
+from repvgg_mm.engine import load_config, run_cli  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Run the embedded demo end to end')
+    parser.add_argument('--config', default='configs/demo/repvgg-a0_demo.py')
+    parser.add_argument('--data-root', default='data/demo')
+    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        help='passed on to tools/train.py (e.g. train_cfg.max_epochs=2)')
+    return parser.parse_args(argv)
+
+
+def run_tool(*args: str) -> None:
+    """Run one of our tools with this interpreter; stop the demo if it fails."""
+    cmd = [sys.executable, *args]
+    print('$ ' + ' '.join(cmd[1:]), flush=True)
+    result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f'{args[0]} failed with exit status {result.returncode}')
+
+
+def trained_checkpoint(work_dir: str) -> str:
+    """The checkpoint the training run ended with (MMEngine's ``last_checkpoint``)."""
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        raise FileNotFoundError(f'training wrote no {pointer!r}')
+    with open(pointer) as f:
+        return f.read().strip()
+
+
+def main() -> int:
+    args = parse_args()
+    os.chdir(ROOT)
+    start = time.time()
+    from repvgg_mm.datasets import generate_demo_dataset
+    if not all(osp.isfile(osp.join(args.data_root, f'{s}_list.txt')) for s in ('train', 'val')):
+        print(f'generating the demo data set in {args.data_root} ...', flush=True)
+        generate_demo_dataset(args.data_root)
+
+    work_dir = args.work_dir
+    data_options = [f'{split}_dataloader.dataset.data_root={args.data_root}'
+                    for split in ('train', 'val', 'test')]
+    run_tool('tools/train.py', args.config, '--work-dir', work_dir,
+             '--cfg-options', *data_options, *args.cfg_options)
+    checkpoint = trained_checkpoint(work_dir)
+    metrics_train = osp.join(work_dir, 'metrics_train.json')
+    run_tool('tools/test.py', args.config, checkpoint, '--work-dir', work_dir,
+             '--out-metrics', metrics_train, '--cfg-options', *data_options)
+
+    deploy_ckpt = osp.join(work_dir, 'repvgg-a0_demo_deploy.pth')
+    deploy_cfg = osp.splitext(deploy_ckpt)[0] + '.py'
+    run_tool('tools/reparam.py', args.config, checkpoint, deploy_ckpt,
+             '--cfg-options', *data_options)
+    metrics_deploy = osp.join(work_dir, 'metrics_deploy.json')
+    run_tool('tools/test.py', deploy_cfg, deploy_ckpt, '--work-dir', work_dir,
+             '--out-metrics', metrics_deploy)
+
+    from repvgg_mm.engine.evaluate import split_logits
+    cfg = load_config(args.config)
+    cfg.merge_from_dict(dict(option.split('=', 1) for option in data_options))
+    logits_train, labels = split_logits(cfg, checkpoint)
+    logits_deploy, _ = split_logits(load_config(deploy_cfg), deploy_ckpt)
+
+    with open(metrics_train) as f:
+        top1 = json.load(f)['accuracy/top1']
+    with open(metrics_deploy) as f:
+        top1_deploy = json.load(f)['accuracy/top1']
+    from repvgg_mm.engine.deploy import build_model
+    summary = dict(
+        top1=top1,
+        top1_deploy=top1_deploy,
+        max_abs_logit_diff=(logits_train - logits_deploy).abs().max().item(),
+        val_images=len(labels),
+        prediction_agreement=(logits_train.argmax(1) == logits_deploy.argmax(1))
+        .float().mean().item(),
+        params_train=sum(p.numel() for p in build_model(cfg).parameters()),
+        params_deploy=sum(p.numel() for p in
+                          build_model(load_config(deploy_cfg)).parameters()),
+        checkpoint=checkpoint,
+        deploy_checkpoint=deploy_ckpt,
+        deploy_config=deploy_cfg,
+        seconds=round(time.time() - start, 1),
+    )
+    path = osp.join(work_dir, 'summary.json')
+    with open(path + '.tmp', 'w') as f:
+        json.dump(summary, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+    print('\n===== repvgg_mm demo: RepVGG-A0 on the embedded 10-class data set (CPU) =====')
+    print(f"val top-1, training-time model: {top1:.2f}%")
+    print(f"val top-1, fused (deploy) model: {top1_deploy:.2f}%")
+    print(f"max |logit difference| over {len(labels)} val images: "
+          f"{summary['max_abs_logit_diff']:.3g}")
+    print(f"parameters: {summary['params_train']:,} -> {summary['params_deploy']:,}")
+    print(f"fused model: {deploy_ckpt} (config {deploy_cfg})")
+    print(f"summary: {path} ({summary['seconds']} s)")
+    if top1 != top1_deploy:
+        raise RuntimeError(f'fused top-1 {top1_deploy} differs from training-time {top1}')
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main, 'demo.py')

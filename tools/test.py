@@ -1,0 +1,58 @@
+"""Evaluate a checkpoint: python tools/test.py CONFIG CHECKPOINT [options]."""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
+from repvgg_mm.engine import (LAUNCHERS, build_runner, default_work_dir,  # noqa: E402
+                              load_config, prepare_launcher, run_cli, set_local_rank)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (evaluate) a checkpoint')
+    parser.add_argument('config', help='config file (training or deploy)')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the test log goes '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--out-metrics', metavar='JSON',
+                        help='also write the metrics dict to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
+    set_local_rank(args.local_rank)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+    # Load the weights ourselves, strictly: MMEngine's test path loads non-strictly
+    # and would evaluate random weights for keys the checkpoint lacks.
+    cfg.load_from, cfg.resume = None, False
+    prepare_launcher(cfg, args.launcher)
+    runner = build_runner(cfg)
+    with allow_training_checkpoints():
+        runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    metrics = runner.test()
+    if args.out_metrics and runner.rank == 0:
+        os.makedirs(osp.dirname(osp.abspath(args.out_metrics)), exist_ok=True)
+        tmp = args.out_metrics + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
+        os.replace(tmp, args.out_metrics)
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main, 'test.py')

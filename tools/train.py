@@ -1,0 +1,61 @@
+"""Train a model from a config: python tools/train.py CONFIG [options]."""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
+from repvgg_mm.engine import (LAUNCHERS, build_runner, default_work_dir,  # noqa: E402
+                              load_config, prepare_launcher, run_cli, set_local_rank)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a classifier')
+    parser.add_argument('config', help='training config file')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CKPT',
+                        help='resume from CKPT, or without a value from the latest '
+                        'checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision training (needs a GPU)')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='skip validation during training')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. train_cfg.max_epochs=10')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def merge_args(cfg, args):
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    return cfg
+
+
+def main() -> int:
+    args = parse_args()
+    set_local_rank(args.local_rank)
+    cfg = merge_args(load_config(args.config, args.cfg_options), args)
+    prepare_launcher(cfg, args.launcher)
+    runner = build_runner(cfg)
+    with allow_training_checkpoints():
+        runner.train()
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main, 'train.py')
