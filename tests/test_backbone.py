@@ -3,13 +3,13 @@ import os.path as osp
 
 import pytest
 import torch
+from conftest import ROOT, randomize_bn
 from mmengine.config import Config
 from mmpretrain.models.backbones import RepVGG as MMPretrainRepVGG
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from repvgg_mm.models import RepVGG, reparameterize_model
 from repvgg_mm.registry import MODELS
-from conftest import ROOT, randomize_bn
 
 # RECIPES.md: whole classifier, 1000 classes, from the original code.
 PARAMS = {

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import randomize_bn
 
 from repvgg_mm.models import RepVGGBlock, SEBlock, identity_kernel, reparameterize_model
-from conftest import randomize_bn
 
 
 def rel_err(a, b):

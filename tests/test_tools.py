@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import DEMO_CONFIG, ROOT, free_port, python_tool, run_tool, tiny_options
 
 pytestmark = pytest.mark.slow

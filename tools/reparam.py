@@ -14,8 +14,7 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from repvgg_mm.engine import load_config, run_cli  # noqa: E402
-from repvgg_mm.engine.deploy import (DEFAULT_TOLERANCE,  # noqa: E402
-                                     reparameterize_checkpoint)
+from repvgg_mm.engine.deploy import DEFAULT_TOLERANCE, reparameterize_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

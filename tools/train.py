@@ -8,8 +8,15 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
-from repvgg_mm.engine import (LAUNCHERS, build_runner, default_work_dir,  # noqa: E402
-                              load_config, prepare_launcher, run_cli, set_local_rank)
+from repvgg_mm.engine import (  # noqa: E402
+    LAUNCHERS,
+    build_runner,
+    default_work_dir,
+    load_config,
+    prepare_launcher,
+    run_cli,
+    set_local_rank,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,22 +1,26 @@
 # The embedded demo: RepVGG-A0 on the procedurally drawn 10-class data set that
-# `make demo` generates in data/demo (python tools/make_demo_data.py). It inherits the
-# real ImageNet config and overrides only what the small data needs: data root, number
-# of classes, image size, epochs and batch size. Trains on a laptop CPU in minutes.
+# `make demo` (tools/demo.py) generates in data/demo. It inherits the real ImageNet
+# config and overrides only what the small data needs: data root, number of classes,
+# image size (and with it the crops of the pipelines), epochs and batch size.
+# Trains on a 2-core CPU in about three and a half minutes.
 _base_ = ['../repvgg-a0.py']
 
 data_root = 'data/demo'
 num_classes = 10
 image_size = 32
-max_epochs = 12
+max_epochs = 25
 batch_size = 64
 
 model = dict(head=dict(num_classes=num_classes, topk=(1, )))
 data_preprocessor = dict(num_classes=num_classes)
 
+# At 32 px, RandomResizedCrop's small crops cut the shape that defines the class away;
+# a padded random crop plus flip keeps it and still augments.
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=image_size, crop_ratio_range=(0.6, 1.0),
-         backend='pillow', interpolation='bilinear'),
+    dict(type='ResizeEdge', scale=image_size, edge='short', backend='pillow',
+         interpolation='bilinear'),
+    dict(type='RandomCrop', crop_size=image_size, padding=2, padding_mode='edge'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]

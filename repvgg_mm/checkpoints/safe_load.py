@@ -1,10 +1,16 @@
 """Loading checkpoints without executing pickled code.
 
 PyTorch >= 2.6 unpickles with ``weights_only=True`` by default. MMEngine's own training
-checkpoints hold a few non-tensor objects (the message hub's ``HistoryBuffer`` with
-numpy arrays and scalars), so resuming needs exactly those types allow-listed -- never
-the protection turned off.
+checkpoints hold a few non-tensor objects -- the message hub's ``HistoryBuffer`` with numpy
+arrays and scalars, and its ``statistics_methods``, bound methods that pickle as
+``getattr(HistoryBuffer, 'mean')`` -- so resuming needs exactly those globals allow-listed,
+never the protection turned off.
+
+``getattr`` is safe to allow here: the weights-only unpickler only *calls* (REDUCE)
+allow-listed callables and only BUILDs allow-listed types, so an attribute fetched with
+``getattr`` can be stored but never invoked.
 """
+import builtins
 import contextlib
 from typing import Any, Iterator, List
 
@@ -25,8 +31,8 @@ def _numpy_globals() -> List[Any]:
 
 
 def trusted_checkpoint_globals() -> List[Any]:
-    """The non-tensor types found in MMEngine training checkpoints."""
-    return [HistoryBuffer, *_numpy_globals()]
+    """The non-tensor globals found in MMEngine training checkpoints."""
+    return [HistoryBuffer, builtins.getattr, *_numpy_globals()]
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """A deterministic, procedurally drawn demo dataset in the ImageNet layout.
 
 Each class is a shape. Everything else is drawn at random per image -- the shape's
-colour, fill texture (solid, stripes, checks, dots), size, position and slight rotation,
+colour, fill texture (solid, stripes, checks), size, position and slight rotation,
 and the background (flat, gradient or blotchy noise) -- so that no single cue such as
 the mean colour gives the class away. Nothing is downloaded; the same seed gives the
 same bytes.
@@ -102,22 +102,19 @@ def _background(rng: np.random.RandomState, size: int) -> np.ndarray:
 
 
 def _fill_texture(rng: np.random.RandomState, size: int) -> np.ndarray:
-    """Foreground colour field: solid, stripes, checks or dots of two colours."""
+    """Foreground colour field: solid, stripes or checks of two colours."""
     a = _random_colour(rng)
-    kind = rng.randint(4)
+    kind = rng.randint(3)
     if kind == 0:
         return np.broadcast_to(a, (size, size, 3)).copy()
-    b = np.clip(a + rng.choice([-1, 1]) * rng.uniform(40, 70), 0, 255)
+    b = np.clip(a + rng.choice([-1, 1]) * rng.uniform(30, 50), 0, 255)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     period = rng.uniform(0.12, 0.22) * size
     if kind == 1:
         theta = rng.uniform(0, math.pi)
         on = np.sin((xx * math.cos(theta) + yy * math.sin(theta)) * 2 * math.pi / period) > 0
-    elif kind == 2:
-        on = (np.floor(xx / period) + np.floor(yy / period)) % 2 == 0
     else:
-        on = ((xx % period) - period / 2)**2 + ((yy % period) - period / 2)**2 < \
-            (period / 3)**2
+        on = (np.floor(xx / period) + np.floor(yy / period)) % 2 == 0
     return np.where(on[..., None], a, b)
 
 
@@ -138,7 +135,7 @@ def draw_demo_image(class_name: str, rng: np.random.RandomState, size: int) -> I
     _draw_shape(ImageDraw.Draw(mask), class_name, cx, cy, r, tilt)
     alpha = np.asarray(mask, dtype=np.float64)[..., None] / 255.0
     image = background * (1 - alpha) + texture * alpha
-    image = image + rng.normal(0, 6, size=image.shape)
+    image = image + rng.normal(0, 4, size=image.shape)
     image = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     return image.resize((size, size), Image.BOX)
 

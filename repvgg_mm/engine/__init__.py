@@ -1,6 +1,13 @@
 from .cli import error_message, run_cli
-from .launch import (LAUNCHERS, ConfigError, build_runner, default_work_dir, load_config,
-                     prepare_launcher, set_local_rank)
+from .launch import (
+                     LAUNCHERS,
+                     ConfigError,
+                     build_runner,
+                     default_work_dir,
+                     load_config,
+                     prepare_launcher,
+                     set_local_rank,
+)
 
 __all__ = ['ConfigError', 'LAUNCHERS', 'build_runner', 'default_work_dir', 'error_message',
            'load_config', 'prepare_launcher', 'run_cli', 'set_local_rank']

@@ -9,9 +9,13 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from repvgg_mm.checkpoints.io import (CheckpointError, extract_state_dict,
-                                      load_checkpoint_file, load_state_dict_strict,
-                                      save_atomic)
+from repvgg_mm.checkpoints.io import (
+    CheckpointError,
+    extract_state_dict,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    save_atomic,
+)
 from repvgg_mm.models.reparam import max_logit_difference, reparameterize_model
 from repvgg_mm.registry import MODELS
 
@@ -19,11 +23,15 @@ DEFAULT_TOLERANCE = 1e-4
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """Build ``cfg.model`` in the config's scope (``repvgg_mm`` by default)."""
+    """Build ``cfg.model`` in the config's scope (``repvgg_mm`` by default), with the
+    top-level ``data_preprocessor`` merged in as MMEngine's Runner does."""
     init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
     if 'model' not in cfg:
         raise KeyError(f"config {cfg.filename!r} has no 'model' key")
-    return MODELS.build(cfg.model)
+    model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor') is not None:
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    return MODELS.build(model_cfg)
 
 
 def deploy_config(cfg: Config) -> Config:

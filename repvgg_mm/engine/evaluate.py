@@ -6,8 +6,12 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from repvgg_mm.checkpoints.io import (extract_state_dict, load_checkpoint_file,
-                                      load_state_dict_strict)
+from repvgg_mm.checkpoints.io import (
+    extract_state_dict,
+    load_checkpoint_file,
+    load_state_dict_strict,
+)
+
 from .deploy import build_model
 
 

@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from repvgg_mm.registry import MODELS
+
 from ..blocks import RepVGGBlock
 
 # Blocks numbered globally over stages 1-4 (the stem is 0): in the g2/g4 variants the

@@ -1,0 +1,83 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import MessageHub
+
+from repvgg_mm.checkpoints.io import (CheckpointError, extract_state_dict,
+                                      load_checkpoint_file, load_state_dict_strict,
+                                      save_atomic)
+from repvgg_mm.models import RepVGGBlock
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def test_crafted_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'x': _RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match='could run code'):
+        load_checkpoint_file(str(path))
+    assert not marker.exists()
+
+
+def test_message_hub_state_loads_with_weights_only(tmp_path):
+    hub = MessageHub('ckpt-test')
+    hub.update_scalar('train/loss', np.float64(0.5))
+    hub.update_scalar('train/lr', 0.1)
+    hub.update_info('epoch', np.int64(3))
+    path = tmp_path / 'train.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'message_hub': hub.state_dict(),
+                'meta': {'epoch': 3}}, path)
+    ckpt = load_checkpoint_file(str(path))
+    assert ckpt['message_hub']['log_scalars']['train/loss'].current() == 0.5
+    assert torch.equal(extract_state_dict(ckpt)['w'], torch.ones(2))
+
+
+def test_missing_and_truncated_files(tmp_path):
+    with pytest.raises(CheckpointError, match='does not exist'):
+        load_checkpoint_file(str(tmp_path / 'none.pth'))
+    path = tmp_path / 'cut.pth'
+    torch.save({'w': torch.randn(100)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match='could not be read'):
+        load_checkpoint_file(str(path))
+
+
+def test_extract_strips_ddp_prefix_and_rejects_non_tensors():
+    sd = extract_state_dict({'module.a.weight': torch.zeros(1)})
+    assert list(sd) == ['a.weight']
+    with pytest.raises(CheckpointError, match='expected a tensor'):
+        extract_state_dict({'a': 3})
+
+
+def test_strict_load_names_the_keys():
+    block = RepVGGBlock(4, 4)
+    sd = block.state_dict()
+    sd.pop('rbr_1x1.conv.weight')
+    sd['extra.weight'] = torch.zeros(1)
+    sd['rbr_dense.conv.weight'] = torch.zeros(1, 1, 3, 3)
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_strict(RepVGGBlock(4, 4), sd, 'x.pth')
+    message = str(info.value)
+    assert 'rbr_1x1.conv.weight' in message and 'extra.weight' in message
+    assert 'rbr_dense.conv.weight: checkpoint (1, 1, 3, 3) vs model (4, 4, 3, 3)' in message
+
+
+def test_save_atomic_leaves_nothing_on_failure(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError('boom')
+    target = tmp_path / 'out.pth'
+    with pytest.raises(RuntimeError, match='boom'):
+        save_atomic({'x': Unpicklable()}, str(target))
+    assert os.listdir(tmp_path) == []
+    save_atomic({'w': torch.ones(1)}, str(target))
+    assert os.listdir(tmp_path) == ['out.pth']
