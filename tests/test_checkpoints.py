@@ -5,9 +5,13 @@ import pytest
 import torch
 from mmengine.logging import MessageHub
 
-from repvgg_mm.checkpoints.io import (CheckpointError, extract_state_dict,
-                                      load_checkpoint_file, load_state_dict_strict,
-                                      save_atomic)
+from repvgg_mm.checkpoints.io import (
+    CheckpointError,
+    extract_state_dict,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    save_atomic,
+)
 from repvgg_mm.models import RepVGGBlock
 
 

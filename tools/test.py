@@ -14,6 +14,7 @@ from repvgg_mm.engine import (  # noqa: E402
     LAUNCHERS,
     build_runner,
     default_work_dir,
+    finish_distributed,
     load_config,
     prepare_launcher,
     run_cli,
@@ -58,6 +59,7 @@ def main() -> int:
         with open(tmp, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
         os.replace(tmp, args.out_metrics)
+    finish_distributed()
     return 0
 
 

@@ -12,6 +12,7 @@ from repvgg_mm.engine import (  # noqa: E402
     LAUNCHERS,
     build_runner,
     default_work_dir,
+    finish_distributed,
     load_config,
     prepare_launcher,
     run_cli,
@@ -61,6 +62,7 @@ def main() -> int:
     runner = build_runner(cfg)
     with allow_training_checkpoints():
         runner.train()
+    finish_distributed()
     return 0
 
 

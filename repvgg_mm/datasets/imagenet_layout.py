@@ -6,9 +6,12 @@ from mmpretrain.datasets import CustomDataset
 
 from repvgg_mm.registry import DATASETS
 
-LAYOUT = ('<data_root>/{train,val}/<class folder>/<image>, optionally with '
-          '<data_root>/{train,val}_list.txt whose lines read '
-          '"<image path relative to data_root> <integer label>"')
+
+def expected_layout(split: str) -> str:
+    """The layout, spelled out for one split, for error messages."""
+    return (f'<data_root>/{split}/<class folder>/<image>, optionally with '
+            f'<data_root>/{split}_list.txt whose lines read '
+            '"<image path relative to data_root> <integer label>"')
 
 
 @DATASETS.register_module()
@@ -33,7 +36,7 @@ class ImageNetLayoutDataset(CustomDataset):
                  list_file: Optional[str] = None, **kwargs) -> None:
         if not data_root or not osp.isdir(data_root):
             raise FileNotFoundError(f'data root {data_root!r} does not exist or is not a '
-                                    f'directory; expected the layout {LAYOUT}')
+                                    f'directory; expected the layout {expected_layout(split)}')
         self.split = split
         if list_file is None and osp.isfile(osp.join(data_root, f'{split}_list.txt')):
             list_file = f'{split}_list.txt'
@@ -41,13 +44,14 @@ class ImageNetLayoutDataset(CustomDataset):
             if not osp.isfile(osp.join(data_root, list_file)):
                 raise FileNotFoundError(
                     f'list file {osp.join(data_root, list_file)!r} does not exist; '
-                    f'expected the layout {LAYOUT}')
+                    f'expected the layout {expected_layout(split)}')
             data_prefix, ann_file = '', list_file
         else:
             if not osp.isdir(osp.join(data_root, split)):
                 raise FileNotFoundError(
                     f'neither {osp.join(data_root, split + "_list.txt")!r} nor the folder '
-                    f'{osp.join(data_root, split)!r} exists; expected the layout {LAYOUT}')
+                    f'{osp.join(data_root, split)!r} exists; '
+                    f'expected the layout {expected_layout(split)}')
             data_prefix, ann_file = split, ''
         super().__init__(data_root=data_root, data_prefix=data_prefix, ann_file=ann_file,
                          **kwargs)

@@ -4,10 +4,12 @@ from .launch import (
                      ConfigError,
                      build_runner,
                      default_work_dir,
+                     finish_distributed,
                      load_config,
                      prepare_launcher,
                      set_local_rank,
 )
 
 __all__ = ['ConfigError', 'LAUNCHERS', 'build_runner', 'default_work_dir', 'error_message',
-           'load_config', 'prepare_launcher', 'run_cli', 'set_local_rank']
+           'finish_distributed', 'load_config', 'prepare_launcher', 'run_cli',
+           'set_local_rank']

@@ -74,3 +74,14 @@ def set_local_rank(local_rank: Optional[int]) -> None:
 
 
 LAUNCHERS: Sequence[str] = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then tear the process group down.
+
+    Without this, a gloo rank that leaves while its peers still hold the group can
+    abort at interpreter exit ('terminate called without an active exception').
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
