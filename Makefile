@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV_PY) tools/demo.py
 
 test: $(STAMP)
+	$(VENV_PY) -m ruff check repvgg_mm tools tests configs
 	$(VENV_PY) -m pytest -q
 
 lint: $(STAMP)

@@ -87,6 +87,8 @@ def main() -> int:
         top1 = json.load(f)['accuracy/top1']
     with open(metrics_deploy) as f:
         top1_deploy = json.load(f)['accuracy/top1']
+    import torch
+
     from repvgg_mm.engine.deploy import build_model
     summary = dict(
         top1=top1,
@@ -102,13 +104,15 @@ def main() -> int:
         deploy_checkpoint=deploy_ckpt,
         deploy_config=deploy_cfg,
         seconds=round(time.time() - start, 1),
+        device='cuda' if torch.cuda.is_available() else 'cpu',
     )
     path = osp.join(work_dir, 'summary.json')
     with open(path + '.tmp', 'w') as f:
         json.dump(summary, f, indent=2)
     os.replace(path + '.tmp', path)
 
-    print('\n===== repvgg_mm demo: RepVGG-A0 on the embedded 10-class data set (CPU) =====')
+    device = 'GPU' if torch.cuda.is_available() else 'CPU'
+    print(f'\n===== repvgg_mm demo: RepVGG-A0 on the embedded 10-class data set ({device}) =====')
     print(f"val top-1, training-time model: {top1:.2f}%")
     print(f"val top-1, fused (deploy) model: {top1_deploy:.2f}%")
     print(f"max |logit difference| over {len(labels)} val images: "
