@@ -9,11 +9,9 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from repvgg_mm.engine import load_config, run_cli  # noqa: E402
+from repvgg_mm.engine import add_cfg_options, load_config, run_cli  # noqa: E402
 from repvgg_mm.engine.deploy import DEFAULT_TOLERANCE, reparameterize_checkpoint  # noqa: E402
 
 
@@ -29,8 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
                         help='largest relative logit difference accepted '
                         f'(default {DEFAULT_TOLERANCE:g})')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys')
+    add_cfg_options(parser)
     return parser.parse_args(argv)
 
 

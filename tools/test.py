@@ -5,13 +5,12 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
 from repvgg_mm.engine import (  # noqa: E402
-    LAUNCHERS,
+    add_cfg_options,
+    add_launcher_options,
     build_runner,
     default_work_dir,
     finish_distributed,
@@ -30,11 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--out-metrics', metavar='JSON',
                         help='also write the metrics dict to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys')
-    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
-                        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=None)
+    add_cfg_options(parser)
+    add_launcher_options(parser)
     return parser.parse_args(argv)
 
 

@@ -3,13 +3,12 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
 from repvgg_mm.engine import (  # noqa: E402
-    LAUNCHERS,
+    add_cfg_options,
+    add_launcher_options,
     build_runner,
     default_work_dir,
     finish_distributed,
@@ -32,11 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='automatic mixed precision training (needs a GPU)')
     parser.add_argument('--no-validate', action='store_true',
                         help='skip validation during training')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. train_cfg.max_epochs=10')
-    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
-                        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=None)
+    add_cfg_options(parser)
+    add_launcher_options(parser)
     return parser.parse_args(argv)
 
 

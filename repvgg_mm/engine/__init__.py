@@ -1,4 +1,4 @@
-from .cli import error_message, run_cli
+from .cli import add_cfg_options, add_launcher_options, error_message, run_cli
 from .launch import (
                      LAUNCHERS,
                      ConfigError,
@@ -10,6 +10,6 @@ from .launch import (
                      set_local_rank,
 )
 
-__all__ = ['ConfigError', 'LAUNCHERS', 'build_runner', 'default_work_dir', 'error_message',
-           'finish_distributed', 'load_config', 'prepare_launcher', 'run_cli',
-           'set_local_rank']
+__all__ = ['ConfigError', 'LAUNCHERS', 'add_cfg_options', 'add_launcher_options',
+           'build_runner', 'default_work_dir', 'error_message', 'finish_distributed',
+           'load_config', 'prepare_launcher', 'run_cli', 'set_local_rank']

@@ -1,7 +1,10 @@
 """Error reporting for the command-line tools: the library raises, the tools report."""
+import argparse
 import os
 import sys
 from typing import Callable
+
+from mmengine.config import DictAction
 
 
 def error_message(exc: BaseException) -> str:
@@ -30,3 +33,17 @@ def run_cli(main: Callable[[], int], prog: str) -> None:
         print(f'{prog}: (set REPVGG_MM_DEBUG=1 for the full traceback)', file=sys.stderr)
         sys.exit(1)
     sys.exit(status or 0)
+
+
+def add_cfg_options(parser: argparse.ArgumentParser) -> None:
+    """``--cfg-options key=value ...``: override any config key."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. train_dataloader.batch_size=64')
+
+
+def add_launcher_options(parser: argparse.ArgumentParser) -> None:
+    """``--launcher`` and the ``--local-rank`` that torch.distributed.launch passes."""
+    from .launch import LAUNCHERS
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None)
