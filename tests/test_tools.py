@@ -57,11 +57,13 @@ def test_test_reparam_test_gives_identical_top1(trained, tiny_data, tmp_path):
     top1_deploy = json.loads(deploy_metrics.read_text())['accuracy/top1']
     assert top1 == top1_deploy
 
-    # an already fused checkpoint is reported, nothing is written
+    # an already fused checkpoint is reported as such and re-written unchanged
     again = tmp_path / 'again.pth'
-    result = python_tool('reparam.py', DEMO_CONFIG, str(out), str(again), check=False)
-    assert result.returncode != 0 and 'already re-parameterized' in result.stderr
-    assert not again.exists()
+    result = python_tool('reparam.py', DEMO_CONFIG, str(out), str(again))
+    assert 'already re-parameterized' in result.stdout
+    rewritten = load(again)['state_dict']
+    assert rewritten.keys() == fused['state_dict'].keys()
+    assert all(torch.equal(rewritten[k], fused['state_dict'][k]) for k in rewritten)
 
 
 def test_failed_verification_writes_nothing(trained, tmp_path):

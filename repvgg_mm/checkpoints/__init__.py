@@ -1,3 +1,14 @@
+from .formats import FORMATS, KeyFormat, detect_format, guess_arch, is_fused, to_ours
+from .io import (
+                 CheckpointError,
+                 extract_state_dict,
+                 load_checkpoint_file,
+                 load_state_dict_strict,
+                 save_atomic,
+)
 from .safe_load import allow_training_checkpoints, trusted_checkpoint_globals
 
-__all__ = ['allow_training_checkpoints', 'trusted_checkpoint_globals']
+__all__ = ['CheckpointError', 'FORMATS', 'KeyFormat', 'allow_training_checkpoints',
+           'detect_format', 'extract_state_dict', 'guess_arch', 'is_fused',
+           'load_checkpoint_file', 'load_state_dict_strict', 'save_atomic', 'to_ours',
+           'trusted_checkpoint_globals']

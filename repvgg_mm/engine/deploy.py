@@ -2,19 +2,23 @@
 import copy
 import os
 import os.path as osp
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from repvgg_mm.checkpoints.io import (
+from repvgg_mm.checkpoints import (
+    FORMATS,
     CheckpointError,
     extract_state_dict,
+    guess_arch,
+    is_fused,
     load_checkpoint_file,
     load_state_dict_strict,
     save_atomic,
+    to_ours,
 )
 from repvgg_mm.models.reparam import max_logit_difference, reparameterize_model
 from repvgg_mm.registry import MODELS
@@ -56,47 +60,84 @@ def test_input_size(cfg: Config, default: int = 224) -> int:
     return default
 
 
+def load_into(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Strict load; on a mismatch, say which arch the checkpoint looks like."""
+    try:
+        load_state_dict_strict(model, state_dict, source)
+    except CheckpointError as exc:
+        arch = guess_arch(state_dict)
+        hint = (f'the checkpoint looks like RepVGG arch {arch!r}' if arch else
+                'its layout matches none of the known RepVGG archs')
+        raise CheckpointError(f'{exc}; {hint}') from exc
+
+
+def read_weights(checkpoint: str, src_format: Optional[str] = None) -> Tuple[dict, str]:
+    """Read any known checkpoint format safely and rename its keys to ours."""
+    state_dict = extract_state_dict(load_checkpoint_file(checkpoint), checkpoint)
+    return to_ours(state_dict, src_format, checkpoint)
+
+
 def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
                               out_config: Optional[str] = None, verify: bool = True,
-                              tolerance: float = DEFAULT_TOLERANCE,
-                              batch_size: int = 2) -> dict:
+                              tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 2,
+                              src_format: Optional[str] = None,
+                              to_format: str = 'ours') -> dict:
     """Fuse ``checkpoint`` (trained with ``cfg``) and write ``output`` and its config.
 
-    The model is rebuilt from ``cfg``, the weights loaded strictly, the copy fused
-    and, unless ``verify`` is False, both run in eval mode on a random batch at the
-    config's test size. If the relative logit difference exceeds ``tolerance``
-    nothing is written. Files are written atomically.
+    The checkpoint may be in any format of :data:`~repvgg_mm.checkpoints.FORMATS`
+    (detected from its keys unless ``src_format`` is given). The model is rebuilt from
+    ``cfg``, the weights loaded strictly, the copy fused and, unless ``verify`` is
+    False, both run in eval mode on a random batch at the config's test size; if the
+    relative logit difference exceeds ``tolerance`` nothing is written. A checkpoint
+    that is already fused is loaded into the deploy model as it is (and only
+    re-written in the requested format). Files are written atomically.
+
+    Args:
+        to_format (str): ``'ours'`` writes ``{'state_dict', 'meta'}`` plus a deploy
+            config; ``'official'`` writes a plain state dict with the original code's
+            deploy keys (``stage1.0.rbr_reparam.weight``, ``linear.weight``).
 
     Returns:
-        dict: ``output``, ``config``, ``max_abs_diff``, ``max_rel_diff``,
-        ``params_train`` and ``params_deploy``.
+        dict: ``output``, ``config`` (None for 'official'), ``src_format``,
+        ``already_fused``, ``max_abs_diff``, ``max_rel_diff``, ``params_train`` and
+        ``params_deploy``.
     """
-    model = build_model(cfg)
-    state_dict = extract_state_dict(load_checkpoint_file(checkpoint), checkpoint)
-    if any(k.endswith('rbr_reparam.weight') for k in state_dict):
-        raise CheckpointError(f'{checkpoint!r} is already re-parameterized (it has '
-                              "'rbr_reparam' weights); nothing to do")
-    load_state_dict_strict(model, state_dict, checkpoint)
-    model.eval()
-    fused = reparameterize_model(model)
-    report = dict(output=output, params_train=sum(p.numel() for p in model.parameters()),
-                  params_deploy=sum(p.numel() for p in fused.parameters()),
-                  max_abs_diff=None, max_rel_diff=None)
-    if verify:
-        size = test_input_size(cfg)
-        generator = torch.Generator().manual_seed(0)
-        inputs = torch.randn(batch_size, 3, size, size, generator=generator)
-        abs_diff, rel_diff = max_logit_difference(model, fused, inputs)
-        report.update(max_abs_diff=abs_diff, max_rel_diff=rel_diff)
-        if not rel_diff <= tolerance:
-            raise RuntimeError(f'fused model differs from {checkpoint!r} by {rel_diff:.3g} '
-                               f'(relative, tolerance {tolerance:g}); nothing written')
-
+    if to_format not in ('ours', 'official'):
+        raise ValueError(f"to_format must be 'ours' or 'official', got {to_format!r}")
+    state_dict, fmt = read_weights(checkpoint, src_format)
     dcfg = deploy_config(cfg)
-    out_config = out_config or osp.splitext(output)[0] + '.py'
-    meta = dict(deploy=True, source_checkpoint=osp.abspath(checkpoint),
-                source_config=cfg.filename, max_rel_diff=report['max_rel_diff'])
+    report = dict(output=output, config=None, src_format=fmt,
+                  already_fused=is_fused(state_dict), max_abs_diff=None, max_rel_diff=None,
+                  params_train=None)
+    if report['already_fused']:
+        fused = build_model(dcfg)
+        load_into(fused, state_dict, checkpoint)
+    else:
+        model = build_model(cfg)
+        load_into(model, state_dict, checkpoint)
+        model.eval()
+        fused = reparameterize_model(model)
+        report['params_train'] = sum(p.numel() for p in model.parameters())
+        if verify:
+            size = test_input_size(cfg)
+            generator = torch.Generator().manual_seed(0)
+            inputs = torch.randn(batch_size, 3, size, size, generator=generator)
+            abs_diff, rel_diff = max_logit_difference(model, fused, inputs)
+            report.update(max_abs_diff=abs_diff, max_rel_diff=rel_diff)
+            if not rel_diff <= tolerance:
+                raise RuntimeError(f'fused model differs from {checkpoint!r} by '
+                                   f'{rel_diff:.3g} (relative, tolerance {tolerance:g}); '
+                                   'nothing written')
+    report['params_deploy'] = sum(p.numel() for p in fused.parameters())
+
+    if to_format == 'official':
+        save_atomic(FORMATS['official'].from_ours(fused.state_dict()), output)
+        return report
+    meta = dict(deploy=True, source_checkpoint=osp.abspath(checkpoint), source_format=fmt,
+                source_config=cfg.filename, arch=guess_arch(state_dict),
+                max_rel_diff=report['max_rel_diff'])
     save_atomic(dict(state_dict=fused.state_dict(), meta=meta), output)
+    out_config = out_config or osp.splitext(output)[0] + '.py'
     tmp = out_config + '.tmp.py'
     dcfg.dump(tmp)
     os.replace(tmp, out_config)

@@ -6,13 +6,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from repvgg_mm.checkpoints.io import (
-    extract_state_dict,
-    load_checkpoint_file,
-    load_state_dict_strict,
-)
-
-from .deploy import build_model
+from .deploy import build_model, load_into, read_weights
 
 
 @torch.no_grad()
@@ -24,8 +18,7 @@ def split_logits(cfg: Config, checkpoint: str,
         tuple[Tensor, Tensor]: logits (N, num_classes) and labels (N, ).
     """
     model = build_model(cfg)
-    load_state_dict_strict(model, extract_state_dict(load_checkpoint_file(checkpoint),
-                                                     checkpoint), checkpoint)
+    load_into(model, read_weights(checkpoint)[0], checkpoint)
     model.eval()
     loader_cfg = copy.deepcopy(cfg[dataloader_key])
     loader_cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)

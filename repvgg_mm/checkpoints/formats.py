@@ -1,0 +1,174 @@
+"""Checkpoint key formats of RepVGG implementations, and the one mapping between them.
+
+Our classifier's keys (``ours``) are the reference: ``backbone.stage0.<part>``,
+``backbone.stage<i>.<j>.<part>`` and ``head.fc.*``, with the official part names
+(``rbr_dense.conv``, ``rbr_dense.bn``, ``rbr_1x1``, ``rbr_identity``, ``rbr_reparam``,
+``se.down``, ``se.up``). Every other format is described by a small table -- where its
+blocks live and what its parts are called -- and converted through that table in both
+directions, so adding a format is adding a table.
+"""
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from .io import CheckpointError
+
+
+@dataclass(frozen=True)
+class KeyFormat:
+    """How one implementation names a RepVGG classifier's weights.
+
+    Attributes:
+        name: Format name used on the command line.
+        stem: Key prefix of the stem block (ours: ``backbone.stage0.``).
+        stage: Key prefix of block ``j`` of stage ``i`` (1-based in ours), written
+            with ``{i}`` and ``{j}``.
+        stage_offset: What to add to our stage number to get this format's.
+        parts: ``(theirs, ours)`` prefixes of the names inside a block.
+        head: ``(theirs, ours)`` prefix of the classifier.
+    """
+    name: str
+    stem: str
+    stage: str
+    stage_offset: int = 0
+    parts: Tuple[Tuple[str, str], ...] = ()
+    head: Tuple[str, str] = ('head.fc.', 'head.fc.')
+    description: str = ''
+    _regex: Dict[str, re.Pattern] = field(default_factory=dict, compare=False, repr=False)
+
+    def _stage_regex(self, template: str) -> re.Pattern:
+        if template not in self._regex:
+            pattern = re.escape(template).replace(r'\{i\}', r'(?P<i>\d+)') \
+                .replace(r'\{j\}', r'(?P<j>\d+)')
+            self._regex[template] = re.compile('^' + pattern)
+        return self._regex[template]
+
+    def _convert(self, key: str, to_ours: bool) -> str:
+        src_stem, dst_stem = (self.stem, OURS.stem) if to_ours else (OURS.stem, self.stem)
+        src_stage, dst_stage = (self.stage, OURS.stage) if to_ours else (OURS.stage,
+                                                                         self.stage)
+        offset = -self.stage_offset if to_ours else self.stage_offset
+        head_src, head_dst = self.head if to_ours else self.head[::-1]
+        if key.startswith(head_src):
+            return head_dst + key[len(head_src):]
+        if key.startswith(src_stem):
+            prefix, rest = dst_stem, key[len(src_stem):]
+        else:
+            match = self._stage_regex(src_stage).match(key)
+            if match is None:
+                return key  # unknown: left as is, strict loading will name it
+            prefix = dst_stage.format(i=int(match['i']) + offset, j=match['j'])
+            rest = key[match.end():]
+        for theirs, ours in self.parts:
+            src, dst = (theirs, ours) if to_ours else (ours, theirs)
+            if rest.startswith(src):
+                rest = dst + rest[len(src):]
+                break
+        return prefix + rest
+
+    def to_ours(self, state_dict: Mapping[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+        """Rename a state dict of this format to ours."""
+        return OrderedDict((self._convert(k, True), v) for k, v in state_dict.items())
+
+    def from_ours(self, state_dict: Mapping[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+        """Rename a state dict of ours to this format."""
+        return OrderedDict((self._convert(k, False), v) for k, v in state_dict.items())
+
+
+OURS = KeyFormat('ours', stem='backbone.stage0.', stage='backbone.stage{i}.{j}.',
+                 description='repvgg_mm / MMEngine checkpoints (backbone.stage1.0.rbr_dense...)')
+
+FORMATS: Dict[str, KeyFormat] = {f.name: f for f in (
+    OURS,
+    KeyFormat('official', stem='stage0.', stage='stage{i}.{j}.', head=('linear.', 'head.fc.'),
+              description='the original RepVGG code (stage1.0.rbr_dense..., linear.*)'),
+    KeyFormat('mmpretrain', stem='backbone.stem.', stage='backbone.stage_{i}.{j}.',
+              parts=(('branch_3x3.conv.', 'rbr_dense.conv.'),
+                     ('branch_3x3.norm.', 'rbr_dense.bn.'),
+                     ('branch_1x1.conv.', 'rbr_1x1.conv.'),
+                     ('branch_1x1.norm.', 'rbr_1x1.bn.'),
+                     ('branch_norm.', 'rbr_identity.'),
+                     ('branch_reparam.', 'rbr_reparam.'),
+                     ('se_layer.conv1.conv.', 'se.down.'),
+                     ('se_layer.conv2.conv.', 'se.up.')),
+              description='MMPretrain RepVGG (backbone.stage_1.0.branch_3x3...)'),
+    KeyFormat('timm', stem='stem.', stage='stages.{i}.{j}.', stage_offset=-1,
+              parts=(('conv_kxk.', 'rbr_dense.'),
+                     ('conv_1x1.', 'rbr_1x1.'),
+                     ('identity.', 'rbr_identity.'),
+                     ('reparam_conv.', 'rbr_reparam.'),
+                     ('attn.fc1.', 'se.down.'),
+                     ('attn.fc2.', 'se.up.')),
+              description='timm repvgg (stages.0.0.conv_kxk..., head.fc.*)'),
+)}
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor], source: str = '<checkpoint>') -> str:
+    """Name the key format of a RepVGG state dict from its keys."""
+    keys = list(state_dict)
+
+    def any_key(pattern: str) -> bool:
+        regex = re.compile(pattern)
+        return any(regex.search(k) for k in keys)
+
+    if any_key(r'^backbone\.stage\d+\.') and any_key(r'\.rbr_(dense|reparam)\.'):
+        return 'ours'
+    if any_key(r'^stage\d+\.') and any_key(r'\.rbr_(dense|reparam)\.'):
+        return 'official'
+    if any_key(r'\.branch_(3x3|reparam)\.'):
+        return 'mmpretrain'
+    if any_key(r'^(stem|stages\.\d+\.\d+)\.(conv_kxk|reparam_conv)\.'):
+        return 'timm'
+    raise CheckpointError(
+        f'cannot tell the format of {source!r} from its keys (first: {keys[:3]}); '
+        f'known formats: {", ".join(FORMATS)} -- pass --src-format to force one')
+
+
+def is_fused(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a state dict (ours) that is already re-parameterized."""
+    return any('.rbr_reparam.' in k for k in state_dict) and \
+        not any('.rbr_dense.' in k for k in state_dict)
+
+
+def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The arch of :class:`~repvgg_mm.models.RepVGG` whose layout a state dict (ours)
+    has -- blocks per stage, widths, grouping and SE -- or None."""
+    from repvgg_mm.models import RepVGG
+    blocks: Dict[int, set] = {}
+    widths: Dict[int, int] = {}
+    grouped: List[int] = []
+    for key, value in state_dict.items():
+        m = re.match(r'^backbone\.stage(\d+)\.(\d+)\.(rbr_dense\.conv|rbr_reparam)\.weight$',
+                     key)
+        if m:
+            stage, index = int(m[1]), int(m[2])
+            blocks.setdefault(stage, set()).add(index)
+            if index == 0:
+                widths[stage] = value.shape[0]
+            if index > 0:  # in == out there, so out / (in / groups) is the groups
+                grouped.append(value.shape[0] // value.shape[1])
+    has_se = any('.se.down.' in k for k in state_dict)
+    num_blocks = [len(blocks.get(i, ())) for i in range(1, 5)]
+    groups = max(grouped) if grouped else 1
+    for name, arch in RepVGG.arch_settings.items():
+        expected = [int(64 * 2**i * w) for i, w in enumerate(arch['width_factor'])]
+        if arch['num_blocks'] == num_blocks and expected == [widths.get(i) for i in range(1, 5)] \
+                and arch['groups'] == groups and (arch['se_cfg'] is not None) == has_se:
+            return name
+    return None
+
+
+def to_ours(state_dict: Mapping[str, torch.Tensor], src_format: Optional[str] = None,
+            source: str = '<checkpoint>') -> Tuple['OrderedDict[str, torch.Tensor]', str]:
+    """Convert a state dict of any known format to ours.
+
+    Returns:
+        tuple: the converted state dict and the name of the source format.
+    """
+    fmt = src_format or detect_format(state_dict, source)
+    if fmt not in FORMATS:
+        raise CheckpointError(f'unknown checkpoint format {fmt!r}; known: {", ".join(FORMATS)}')
+    return FORMATS[fmt].to_ours(state_dict), fmt
