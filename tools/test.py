@@ -7,7 +7,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
+from mmengine.model import is_model_wrapper  # noqa: E402
+
+from repvgg_mm.checkpoints import FORMATS  # noqa: E402
 from repvgg_mm.engine import (  # noqa: E402
     add_cfg_options,
     add_launcher_options,
@@ -19,16 +21,19 @@ from repvgg_mm.engine import (  # noqa: E402
     run_cli,
     set_local_rank,
 )
+from repvgg_mm.engine.deploy import load_into, read_weights  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (evaluate) a checkpoint')
     parser.add_argument('config', help='config file (training or deploy)')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, in any known format')
     parser.add_argument('--work-dir', help='where the test log goes '
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--out-metrics', metavar='JSON',
                         help='also write the metrics dict to this JSON file')
+    parser.add_argument('--src-format', choices=sorted(FORMATS),
+                        help='format of CHECKPOINT (default: detected from its keys)')
     add_cfg_options(parser)
     add_launcher_options(parser)
     return parser.parse_args(argv)
@@ -41,13 +46,13 @@ def main() -> int:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_config(args.config, args.cfg_options)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
-    # Load the weights ourselves, strictly: MMEngine's test path loads non-strictly
-    # and would evaluate random weights for keys the checkpoint lacks.
+    # Load the weights ourselves, strictly and in any known format: MMEngine's test
+    # path loads non-strictly and would evaluate random weights for missing keys.
     cfg.load_from, cfg.resume = None, False
     prepare_launcher(cfg, args.launcher)
     runner = build_runner(cfg)
-    with allow_training_checkpoints():
-        runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    load_into(model, read_weights(args.checkpoint, args.src_format)[0], args.checkpoint)
     metrics = runner.test()
     if args.out_metrics and runner.rank == 0:
         os.makedirs(osp.dirname(osp.abspath(args.out_metrics)), exist_ok=True)

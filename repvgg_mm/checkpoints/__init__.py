@@ -1,3 +1,4 @@
+from .convert import convert_checkpoint
 from .formats import FORMATS, KeyFormat, detect_format, guess_arch, is_fused, to_ours
 from .io import (
                  CheckpointError,
@@ -9,6 +10,7 @@ from .io import (
 from .safe_load import allow_training_checkpoints, trusted_checkpoint_globals
 
 __all__ = ['CheckpointError', 'FORMATS', 'KeyFormat', 'allow_training_checkpoints',
+           'convert_checkpoint',
            'detect_format', 'extract_state_dict', 'guess_arch', 'is_fused',
            'load_checkpoint_file', 'load_state_dict_strict', 'save_atomic', 'to_ours',
            'trusted_checkpoint_globals']
