@@ -142,3 +142,22 @@ def test_missing_config_is_a_clear_error(tmp_path):
     result = python_tool('train.py', str(tmp_path / 'nope.py'), check=False)
     assert result.returncode == 1
     assert 'nope.py' in result.stderr and 'does not exist' in result.stderr
+
+
+def test_converted_official_checkpoint_fine_tunes_with_load_from(trained, tiny_data, tmp_path):
+    """Published (official-format, DDP-prefixed) weights -> convert_checkpoint ->
+    load_from in a config -> training starts from them."""
+    from repvgg_mm.checkpoints import FORMATS
+    ours = load(osp.join(trained, 'epoch_2.pth'))['state_dict']
+    official = {'module.' + k: v for k, v in FORMATS['official'].from_ours(ours).items()}
+    src, dst = tmp_path / 'RepVGG-A0-train.pth', tmp_path / 'converted.pth'
+    torch.save(official, src)
+    result = python_tool('convert_checkpoint.py', str(src), str(dst))
+    assert 'official format, training-time' in result.stdout
+    work_dir = tmp_path / 'finetune'
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(work_dir),
+                         '--cfg-options', f'load_from={dst}', 'train_cfg.max_epochs=1',
+                         *tiny_options(tiny_data)[:3], *tiny_options(tiny_data)[4:])
+    log = result.stdout + result.stderr
+    assert f'Load checkpoint from {dst}' in log
+    assert 'missing keys' not in log and 'unexpected key' not in log
