@@ -114,6 +114,8 @@ def test_dist_train_two_processes_on_cpu(tiny_data, tmp_path):
                       env=dict(PYTHON=sys.executable, PORT=str(free_port())))
     log = result.stdout + result.stderr
     assert 'Distributed training: True' in log
+    # linear lr scaling by the real total batch: 2 processes x 8 images of 256
+    assert 'the current batch size is 16. Scaling the original LR by 0.0625' in log
     assert "'world_size': 2" in log or 'world_size: 2' in log or 'GPU number: 2' in log
     ckpt = load(osp.join(tmp_path, 'epoch_1.pth'))
     # 60 images, batch 8 per process, 2 processes: 4 iterations per epoch
@@ -161,3 +163,11 @@ def test_converted_official_checkpoint_fine_tunes_with_load_from(trained, tiny_d
     log = result.stdout + result.stderr
     assert f'Load checkpoint from {dst}' in log
     assert 'missing keys' not in log and 'unexpected key' not in log
+
+
+def test_amp_without_gpu_is_a_clear_error(tiny_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU: --amp is valid here')
+    result = python_tool('train.py', DEMO_CONFIG, '--amp', '--work-dir', str(tmp_path),
+                         '--cfg-options', *tiny_options(tiny_data), check=False)
+    assert result.returncode == 1 and '--amp needs a CUDA GPU' in result.stderr

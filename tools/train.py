@@ -5,6 +5,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+import torch  # noqa: E402
+
 from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
 from repvgg_mm.engine import (  # noqa: E402
     add_cfg_options,
@@ -28,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='resume from CKPT, or without a value from the latest '
                         'checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision training (needs a GPU)')
+                        help='mixed precision training: bf16 where the GPU supports it, '
+                        'else fp16 with dynamic loss scaling (needs a GPU)')
     parser.add_argument('--no-validate', action='store_true',
                         help='skip validation during training')
     add_cfg_options(parser)
@@ -39,8 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def merge_args(cfg, args):
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
     if args.amp:
+        if not torch.cuda.is_available():
+            raise RuntimeError('--amp needs a CUDA GPU (MMEngine has no CPU mixed precision)')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        if torch.cuda.is_bf16_supported():
+            cfg.optim_wrapper.setdefault('dtype', 'bfloat16')  # no loss scaling needed
+        else:
+            cfg.optim_wrapper.setdefault('dtype', 'float16')
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:

@@ -42,14 +42,8 @@ test_dataloader = val_dataloader
 val_evaluator = dict(topk=(1, ))
 test_evaluator = val_evaluator
 
-# The schedule of the base, shortened: 1 warm-up epoch, cosine over the rest,
-# validation after every epoch. lr 0.1 per 256 images is rescaled to the batch
-# automatically (auto_scale_lr in the base).
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=1,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=max_epochs - 1, eta_min=0, by_epoch=True,
-         begin=1, end=max_epochs, convert_to_iter_based=True),
-]
+# The schedule of the base, shortened: 1 warm-up epoch, cosine over the whole run.
+# lr 0.1 per 256 images is rescaled to the batch automatically (auto_scale_lr).
+param_scheduler = dict(warmup=1, end=max_epochs)
 train_cfg = dict(max_epochs=max_epochs, val_interval=1, dynamic_intervals=None)
 default_hooks = dict(logger=dict(interval=10))

@@ -9,7 +9,10 @@ from .launch import (
                      prepare_launcher,
                      set_local_rank,
 )
+from .optim import RepVGGOptimWrapperConstructor, decayed
+from .schedulers import WarmupCosineLR
 
-__all__ = ['ConfigError', 'LAUNCHERS', 'add_cfg_options', 'add_launcher_options',
-           'build_runner', 'default_work_dir', 'error_message', 'finish_distributed',
-           'load_config', 'prepare_launcher', 'run_cli', 'set_local_rank']
+__all__ = ['ConfigError', 'LAUNCHERS', 'RepVGGOptimWrapperConstructor', 'WarmupCosineLR',
+           'add_cfg_options', 'add_launcher_options', 'build_runner', 'decayed',
+           'default_work_dir', 'error_message', 'finish_distributed', 'load_config',
+           'prepare_launcher', 'run_cli', 'set_local_rank']

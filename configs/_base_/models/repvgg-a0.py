@@ -1,5 +1,7 @@
 # RepVGG-A0 classifier: backbone -> global average pool -> linear (the original's
 # classifier). Other archs override `backbone.arch` and `head.in_channels` (512 * b).
+# Loss: the specification's label smoothing 0.1, the original formula
+# (1 - 0.1) * NLL(target) + 0.1 * mean over classes of -log p.
 model = dict(
     type='ImageClassifier',
     backbone=dict(type='RepVGG', arch='A0', out_indices=(3, )),
@@ -8,7 +10,8 @@ model = dict(
         type='LinearClsHead',
         num_classes=1000,
         in_channels=1280,
-        loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
+        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original',
+                  loss_weight=1.0),
         topk=(1, 5),
     ),
 )

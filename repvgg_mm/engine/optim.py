@@ -1,0 +1,86 @@
+"""The original RepVGG weight-decay rules as an MMEngine optimizer-wrapper constructor."""
+from typing import Dict, List, Optional
+
+import torch.nn as nn
+from mmengine.optim import DefaultOptimWrapperConstructor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from repvgg_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+DECAY_RULES = ('original', 'paper')
+
+
+def _batchnorm_params(model: nn.Module) -> set:
+    return {id(p) for m in model.modules() if isinstance(m, _BatchNorm)
+            for p in m.parameters(recurse=False)}
+
+
+def decayed(name: str, param, rule: str = 'original', is_bn: bool = False) -> bool:
+    """Whether parameter ``name`` gets weight decay under ``rule``.
+
+    ``'original'`` (the specification's training code, RECIPES.md 3a), in this order: a
+    name containing ``identity.weight`` is decayed; any other 1-D parameter or name
+    ending in ``.bias`` is not; everything else is.
+
+    ``'paper'`` (the 120-epoch recipe, RECIPES.md 3b): no decay on any BatchNorm
+    parameter or bias, except the identity branch's BN weight; everything else decayed.
+    """
+    if rule == 'original':
+        if 'identity.weight' in name:
+            return True
+        return not (param.ndim == 1 or name.endswith('.bias'))
+    if rule == 'paper':
+        if name.endswith('rbr_identity.weight'):
+            return True
+        return not (is_bn or name.endswith('.bias'))
+    raise ValueError(f'unknown decay_rule {rule!r}; expected one of {DECAY_RULES}')
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class RepVGGOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """Parameter groups with the original RepVGG weight-decay rule.
+
+    Works for any model -- our classifiers, RepVGGplus with its aux classifiers and SE,
+    or a user's model that embeds our backbone -- since the rule reads only parameter
+    names, shapes and whether a parameter belongs to a BatchNorm layer.
+
+    ``paramwise_cfg`` keys:
+        decay_rule (str): ``'original'`` (default) or ``'paper'``, see :func:`decayed`.
+        bias_lr_mult (float): Learning-rate multiplier of biases (the paper's old script
+            used 2; reported to make no difference). Defaults to 1.
+
+    Each group carries ``param_names`` so that the assignment can be printed
+    (``tools/analysis/print_param_groups.py``).
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
+        paramwise_cfg = dict(paramwise_cfg or {})
+        self.decay_rule = paramwise_cfg.pop('decay_rule', 'original')
+        self.bias_lr_mult = paramwise_cfg.pop('bias_lr_mult', 1.0)
+        if paramwise_cfg:
+            raise KeyError(f'RepVGGOptimWrapperConstructor got unknown paramwise_cfg keys '
+                           f"{sorted(paramwise_cfg)}; it takes 'decay_rule' and "
+                           "'bias_lr_mult' (use DefaultOptimWrapperConstructor for "
+                           "MMEngine's paramwise options)")
+        if self.decay_rule not in DECAY_RULES:
+            raise ValueError(f'unknown decay_rule {self.decay_rule!r}; expected one of '
+                             f'{DECAY_RULES}')
+        # a non-empty paramwise_cfg makes the base class call add_params()
+        super().__init__(optim_wrapper_cfg, dict(decay_rule=self.decay_rule))
+
+    def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
+        bn_params = _batchnorm_params(module)
+        groups: Dict[tuple, dict] = {}
+        for name, param in module.named_parameters():
+            decay = decayed(name, param, self.decay_rule, id(param) in bn_params)
+            lr_mult = self.bias_lr_mult if name.endswith('.bias') else 1.0
+            key = (decay, lr_mult)
+            if key not in groups:
+                group = dict(params=[], param_names=[],
+                             weight_decay=self.base_wd if decay else 0.0)
+                if lr_mult != 1.0:
+                    group['lr'] = self.base_lr * lr_mult
+                groups[key] = group
+            groups[key]['params'].append(param)
+            groups[key]['param_names'].append(name)
+        params.extend(groups.values())
