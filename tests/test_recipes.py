@@ -246,3 +246,33 @@ def test_ema_option_adds_mmengines_ema_hook(tmp_path):
     assert cfg.custom_hooks == [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
     from mmengine.registry import HOOKS
     assert HOOKS.get('EMAHook') is not None
+
+
+@pytest.mark.slow
+def test_vis_lr_tool_writes_csv_and_png(tmp_path):
+    from conftest import python_tool
+    out = tmp_path / 'lr'
+    result = python_tool(osp.join('analysis', 'vis_lr.py'),
+                         osp.join(ROOT, 'configs', 'repvgg-a0.py'),
+                         '--dataset-size', '2560', '--gpus', '8', '--out', str(out))
+    assert 'total iterations: 3000 (300 epochs x 10 iterations)' in result.stdout
+    # warm-up ends at 0.1 * 49 / 50; the cosine, over the whole run, is just below 0.1 next
+    assert 'peak lr: 0.0999315 at iteration 50 (epoch 5)' in result.stdout
+    lines = (tmp_path / 'lr.csv').read_text().splitlines()
+    assert lines[0] == 'iter,epoch,lr' and len(lines) == 3001
+    assert lines[1] == '0,0,0'
+    assert (tmp_path / 'lr.png').read_bytes()[:4] == b'\x89PNG'
+
+
+@pytest.mark.slow
+def test_print_param_groups_tool():
+    from conftest import python_tool
+    result = python_tool(osp.join('analysis', 'print_param_groups.py'),
+                         osp.join(ROOT, 'configs', 'repvgg-a0.py'))
+    lines = result.stdout.splitlines()
+    row = next(line for line in lines
+               if line.startswith('backbone.stage1.1.rbr_identity.weight'))
+    assert row.split()[-1] == '0.0001'
+    row = next(line for line in lines if line.startswith('head.fc.bias'))
+    assert row.split()[-1] == '0'
+    assert lines[-1] == '168 parameters: 62 with weight decay, 106 without'
