@@ -29,6 +29,8 @@ class KeyFormat:
         stage_offset: What to add to our stage number to get this format's.
         parts: ``(theirs, ours)`` prefixes of the names inside a block.
         head: ``(theirs, ours)`` prefix of the classifier.
+        extra: Further ``(theirs, ours)`` key prefixes, tried first (RepVGGplus's
+            ``stage3_first``, ``stage1.blocks`` and aux classifiers).
     """
     name: str
     stem: str
@@ -36,6 +38,7 @@ class KeyFormat:
     stage_offset: int = 0
     parts: Tuple[Tuple[str, str], ...] = ()
     head: Tuple[str, str] = ('head.fc.', 'head.fc.')
+    extra: Tuple[Tuple[str, str], ...] = ()
     description: str = ''
     _regex: Dict[str, re.Pattern] = field(default_factory=dict, compare=False, repr=False)
 
@@ -52,6 +55,10 @@ class KeyFormat:
                                                                          self.stage)
         offset = -self.stage_offset if to_ours else self.stage_offset
         head_src, head_dst = self.head if to_ours else self.head[::-1]
+        for theirs, ours in self.extra:
+            src, dst = (theirs, ours) if to_ours else (ours, theirs)
+            if key.startswith(src):
+                return dst + key[len(src):]
         if key.startswith(head_src):
             return head_dst + key[len(head_src):]
         if key.startswith(src_stem):
@@ -78,13 +85,25 @@ class KeyFormat:
         return OrderedDict((self._convert(k, False), v) for k, v in state_dict.items())
 
 
+# RepVGGplus in the original code: stages hold their blocks under `blocks`, stage 3 is
+# split, and each aux classifier is a Sequential whose index 0 is conv+BN (our neck)
+# and index 3 the linear layer (our head).
+_AUX = ('stage1_aux', 'stage2_aux', 'stage3_first_aux')
+_REPVGGPLUS_OFFICIAL = tuple(
+    [(f'{aux}.0.', f'neck.{aux}.0.') for aux in _AUX]
+    + [(f'{aux}.3.', f'head.{aux}_fc.') for aux in _AUX]
+    + [(f'{stage}.', f'backbone.{stage}.') for stage in ('stage3_first', 'stage3_second')]
+    + [(f'stage{i}.blocks.', f'backbone.stage{i}.blocks.') for i in (1, 2, 4)])
+
 OURS = KeyFormat('ours', stem='backbone.stage0.', stage='backbone.stage{i}.{j}.',
                  description='repvgg_mm / MMEngine checkpoints (backbone.stage1.0.rbr_dense...)')
 
 FORMATS: Dict[str, KeyFormat] = {f.name: f for f in (
     OURS,
     KeyFormat('official', stem='stage0.', stage='stage{i}.{j}.', head=('linear.', 'head.fc.'),
-              description='the original RepVGG code (stage1.0.rbr_dense..., linear.*)'),
+              extra=_REPVGGPLUS_OFFICIAL,
+              description='the original RepVGG code (stage1.0.rbr_dense..., linear.*; '
+              'RepVGGplus: stage1.blocks.0..., stage3_first..., stage1_aux.0/3...)'),
     KeyFormat('mmpretrain', stem='backbone.stem.', stage='backbone.stage_{i}.{j}.',
               parts=(('branch_3x3.conv.', 'rbr_dense.conv.'),
                      ('branch_3x3.norm.', 'rbr_dense.bn.'),
@@ -134,30 +153,34 @@ def is_fused(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The arch of :class:`~repvgg_mm.models.RepVGG` whose layout a state dict (ours)
-    has -- blocks per stage, widths, grouping and SE -- or None."""
-    from repvgg_mm.models import RepVGG
+    """The arch (of :class:`~repvgg_mm.models.RepVGG` or ``RepVGGplus``) whose layout a
+    state dict (ours) has -- blocks per stage, widths, grouping and SE -- or None."""
+    from repvgg_mm.models import RepVGG, RepVGGplus
+    pattern = re.compile(r'^backbone\.stage(\d)(_first|_second)?\.(?:blocks\.)?(\d+)\.'
+                         r'(?:rbr_dense\.conv|rbr_reparam)\.weight$')
     blocks: Dict[int, set] = {}
     widths: Dict[int, int] = {}
     grouped: List[int] = []
     for key, value in state_dict.items():
-        m = re.match(r'^backbone\.stage(\d+)\.(\d+)\.(rbr_dense\.conv|rbr_reparam)\.weight$',
-                     key)
+        m = pattern.match(key)
         if m:
-            stage, index = int(m[1]), int(m[2])
-            blocks.setdefault(stage, set()).add(index)
-            if index == 0:
+            stage, index = int(m[1]), int(m[3])
+            blocks.setdefault(stage, set()).add((m[2], index))
+            if index == 0 and m[2] != '_second':
                 widths[stage] = value.shape[0]
             if index > 0:  # in == out there, so out / (in / groups) is the groups
                 grouped.append(value.shape[0] // value.shape[1])
-    has_se = any('.se.down.' in k for k in state_dict)
+    se = 'post' if any('.post_se.down.' in k for k in state_dict) else \
+        'pre' if any('.se.down.' in k for k in state_dict) else None
     num_blocks = [len(blocks.get(i, ())) for i in range(1, 5)]
     groups = max(grouped) if grouped else 1
-    for name, arch in RepVGG.arch_settings.items():
-        expected = [int(64 * 2**i * w) for i, w in enumerate(arch['width_factor'])]
-        if arch['num_blocks'] == num_blocks and expected == [widths.get(i) for i in range(1, 5)] \
-                and arch['groups'] == groups and (arch['se_cfg'] is not None) == has_se:
-            return name
+    for cls in (RepVGG, RepVGGplus):
+        for name, arch in cls.arch_settings.items():
+            expected = [int(64 * 2**i * w) for i, w in enumerate(arch['width_factor'])]
+            arch_se = arch['se_cfg']['placement'] if arch['se_cfg'] else None
+            if arch['num_blocks'] == num_blocks and arch['groups'] == groups and \
+                    expected == [widths.get(i) for i in range(1, 5)] and arch_se == se:
+                return name
     return None
 
 

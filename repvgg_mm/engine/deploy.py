@@ -1,5 +1,6 @@
 """Turn a trained checkpoint into a verified deploy checkpoint plus its config."""
 import copy
+import inspect
 import os
 import os.path as osp
 from typing import Optional, Tuple
@@ -38,14 +39,30 @@ def build_model(cfg: Config) -> nn.Module:
     return MODELS.build(model_cfg)
 
 
+def _accepts_deploy(module_cfg: dict) -> bool:
+    module_type = module_cfg.get('type')
+    cls = MODELS.get(module_type) if isinstance(module_type, str) else module_type
+    if cls is None:
+        return False
+    # a subclass may pass `deploy` on through **kwargs: look along the MRO
+    return any('deploy' in inspect.signature(c.__init__).parameters
+               for c in cls.__mro__ if '__init__' in vars(c))
+
+
 def deploy_config(cfg: Config) -> Config:
-    """A copy of ``cfg`` whose model builds the fused structure directly."""
+    """A copy of ``cfg`` whose model builds the fused structure directly: every part
+    (backbone, neck, head) whose class takes ``deploy`` gets ``deploy=True`` -- the
+    fused backbone, and no aux classifiers for RepVGGplus."""
     cfg = copy.deepcopy(cfg)
-    backbone = cfg.model.get('backbone', cfg.model)
-    if 'deploy' not in backbone and backbone.get('type') not in ('RepVGG', ):
-        raise KeyError(f"cannot find a RepVGG backbone in config {cfg.filename!r}: "
-                       f"model.backbone.type is {backbone.get('type')!r}")
-    backbone['deploy'] = True
+    init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
+    parts = [cfg.model.get(k) for k in ('backbone', 'neck', 'head')]
+    parts = [p for p in parts if isinstance(p, dict) and _accepts_deploy(p)]
+    if not parts:
+        raise KeyError(f'no part of the model in config {cfg.filename!r} can be deployed: '
+                       f"model.backbone.type is {cfg.model.get('backbone', {}).get('type')!r}, "
+                       'expected a RepVGG backbone')
+    for part in parts:
+        part['deploy'] = True
     cfg.load_from = None
     return cfg
 

@@ -1,6 +1,9 @@
-from .backbones import RepVGG
+from .backbones import RepVGG, RepVGGplus
 from .blocks import RepVGGBlock, SEBlock, fuse_conv_bn, identity_kernel
+from .heads import RepVGGplusClsHead
+from .necks import RepVGGplusAuxNeck
 from .reparam import max_logit_difference, reparameterize_model
 
-__all__ = ['RepVGG', 'RepVGGBlock', 'SEBlock', 'fuse_conv_bn', 'identity_kernel',
-           'reparameterize_model', 'max_logit_difference']
+__all__ = ['RepVGG', 'RepVGGplus', 'RepVGGBlock', 'RepVGGplusAuxNeck', 'RepVGGplusClsHead',
+           'SEBlock', 'fuse_conv_bn', 'identity_kernel', 'reparameterize_model',
+           'max_logit_difference']

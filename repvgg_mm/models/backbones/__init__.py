@@ -1,3 +1,4 @@
 from .repvgg import RepVGG
+from .repvggplus import RepVGGplus, RepVGGplusStage
 
-__all__ = ['RepVGG']
+__all__ = ['RepVGG', 'RepVGGplus', 'RepVGGplusStage']

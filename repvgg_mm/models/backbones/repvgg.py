@@ -1,6 +1,6 @@
 """RepVGG backbone (Ding et al., CVPR 2021): archs A0-A2, B0-B3 and their grouped
 variants, and D2se."""
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
@@ -100,38 +100,45 @@ class RepVGG(BaseBackbone):
             raise ValueError(f'strides and dilations need {self.num_stages + 1} entries '
                              f'(stem + {self.num_stages} stages), got {list(strides)} '
                              f'and {list(dilations)}')
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
+        widths = [int(base_channels * 2**i * w)
+                  for i, w in enumerate(self.arch['width_factor'])]
+        layout = self._stage_layout(widths, strides[1:], dilations[1:])
+        if not -1 <= frozen_stages <= len(layout):
+            raise ValueError(f'frozen_stages must be in [-1, {len(layout)}], '
                              f'got {frozen_stages}')
-        self.out_indices = self._resolve_out_indices(out_indices)
+        self.out_indices = self._resolve_out_indices(out_indices, len(layout))
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.deploy = deploy
 
-        widths = [int(base_channels * 2**i * w)
-                  for i, w in enumerate(self.arch['width_factor'])]
         self.block_kwargs = dict(se_cfg=self.arch['se_cfg'], norm_cfg=norm_cfg,
                                  act_cfg=act_cfg, deploy=deploy, with_cp=with_cp)
         stem_channels = min(base_channels, widths[0])
         self.stage0 = RepVGGBlock(in_channels, stem_channels, stride=strides[0],
                                   dilation=dilations[0], **self.block_kwargs)
 
-        self.stage_names = []
+        self.stage_names, self.out_channels = [], []
         channels, block_number = stem_channels, 1
-        for i, (num_blocks, width) in enumerate(zip(self.arch['num_blocks'], widths)):
+        for name, num_blocks, width, stride, dilation in layout:
             blocks = []
             for j in range(num_blocks):
                 blocks.append(RepVGGBlock(
-                    channels, width,
-                    stride=strides[i + 1] if j == 0 else 1,
-                    dilation=dilations[i + 1],
-                    groups=self._groups_of(block_number),
-                    **self.block_kwargs))
+                    channels, width, stride=stride if j == 0 else 1, dilation=dilation,
+                    groups=self._groups_of(block_number), **self.block_kwargs))
                 channels, block_number = width, block_number + 1
-            name = f'stage{i + 1}'
-            self.add_module(name, nn.Sequential(*blocks))
+            self.add_module(name, self._make_stage(blocks))
             self.stage_names.append(name)
-        self.out_channels = widths
+            self.out_channels.append(width)
+
+    def _stage_layout(self, widths: List[int], strides: Sequence[int],
+                      dilations: Sequence[int]) -> List[tuple]:
+        """``(name, num_blocks, width, stride, dilation)`` of each output stage."""
+        return [(f'stage{i + 1}', n, w, s, d) for i, (n, w, s, d) in
+                enumerate(zip(self.arch['num_blocks'], widths, strides, dilations))]
+
+    @staticmethod
+    def _make_stage(blocks: List[RepVGGBlock]) -> nn.Module:
+        return nn.Sequential(*blocks)
 
     @classmethod
     def _resolve_arch(cls, arch: Union[str, dict]) -> dict:
@@ -154,15 +161,16 @@ class RepVGG(BaseBackbone):
         return _arch(arch['num_blocks'], arch['width_factor'], arch.get('groups', 1),
                      arch.get('se_cfg'))
 
-    def _resolve_out_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:
+    @staticmethod
+    def _resolve_out_indices(out_indices: Sequence[int], num_outputs: int) -> Tuple[int, ...]:
         if isinstance(out_indices, int):
             out_indices = (out_indices, )
         resolved = []
         for index in out_indices:
-            if not -self.num_stages <= index < self.num_stages:
+            if not -num_outputs <= index < num_outputs:
                 raise ValueError(f'out_indices entry {index} is out of range for '
-                                 f'{self.num_stages} stages')
-            resolved.append(index % self.num_stages)
+                                 f'{num_outputs} stages')
+            resolved.append(index % num_outputs)
         return tuple(resolved)
 
     def _groups_of(self, block_number: int) -> int:

@@ -1,0 +1,3 @@
+from .aux_head import RepVGGplusClsHead
+
+__all__ = ['RepVGGplusClsHead']

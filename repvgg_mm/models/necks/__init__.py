@@ -1,0 +1,3 @@
+from .aux_neck import RepVGGplusAuxNeck
+
+__all__ = ['RepVGGplusAuxNeck']
