@@ -1,6 +1,9 @@
 # Modules resolve in the repvgg_mm scope first, then MMPretrain's, then MMEngine's.
 default_scope = 'repvgg_mm'
 custom_imports = dict(imports=['repvgg_mm'], allow_failed_imports=False)
+# MMEngine's Runner plus atomic checkpoint writes and a resume that skips truncated
+# checkpoints (repvgg_mm/engine/runner.py).
+runner_type = 'RepVGGRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
@@ -11,6 +14,8 @@ default_hooks = dict(
                     save_best='accuracy/top1', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
+    # reseed every epoch from (seed, epoch, rank): a resumed run replays the same epochs
+    epoch_seed=dict(type='EpochSeedHook'),
 )
 
 env_cfg = dict(

@@ -10,9 +10,11 @@ from .launch import (
                      set_local_rank,
 )
 from .optim import RepVGGOptimWrapperConstructor, decayed
+from .runner import EpochSeedHook, RepVGGRunner, find_resumable_checkpoint
 from .schedulers import WarmupCosineLR
 
-__all__ = ['ConfigError', 'LAUNCHERS', 'RepVGGOptimWrapperConstructor', 'WarmupCosineLR',
+__all__ = ['ConfigError', 'EpochSeedHook', 'LAUNCHERS', 'RepVGGOptimWrapperConstructor',
+           'RepVGGRunner', 'WarmupCosineLR', 'find_resumable_checkpoint',
            'add_cfg_options', 'add_launcher_options', 'build_runner', 'decayed',
            'default_work_dir', 'error_message', 'finish_distributed', 'load_config',
            'prepare_launcher', 'run_cli', 'set_local_rank']

@@ -29,8 +29,8 @@ def run_cli(main: Callable[[], int], prog: str) -> None:
     except Exception as exc:
         if os.environ.get('REPVGG_MM_DEBUG'):
             raise
-        print(f'{prog}: error: {error_message(exc)}', file=sys.stderr)
-        print(f'{prog}: (set REPVGG_MM_DEBUG=1 for the full traceback)', file=sys.stderr)
+        sys.stderr.write(f'{prog}: error: {error_message(exc)}\n'
+                         f'{prog}: (set REPVGG_MM_DEBUG=1 for the full traceback)\n')
         sys.exit(1)
     sys.exit(status or 0)
 

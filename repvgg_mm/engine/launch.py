@@ -60,9 +60,13 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """Build the runner named by ``cfg.runner_type`` (default: MMEngine's Runner)."""
-    from mmengine.registry import RUNNERS
+    """Build the runner named by ``cfg.runner_type`` (default: MMEngine's Runner),
+    looked up in the config's scope."""
+    from mmengine.registry import RUNNERS, init_default_scope
     if 'runner_type' in cfg:
+        # MMEngine finds scoped names only one level below its root; ours sits below
+        # MMPretrain's, so resolve through the default scope instead.
+        init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
 

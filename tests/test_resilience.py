@@ -1,0 +1,82 @@
+"""Interrupted runs lose nothing: atomic checkpoints, truncated ones skipped, kill+resume."""
+import os.path as osp
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG, ROOT, python_tool, tiny_options
+
+from repvgg_mm.engine.runner import find_resumable_checkpoint, is_complete_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def train_args(data, work_dir, epochs=3):
+    return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), DEMO_CONFIG,
+            '--work-dir', str(work_dir), '--cfg-options', *tiny_options(data, epochs),
+            'randomness.deterministic=True']  # a trailing '--resume' ends --cfg-options
+
+
+def test_truncated_checkpoint_is_reported_and_the_previous_one_used(tiny_data, tmp_path):
+    first = tmp_path / 'first'
+    python_tool('train.py', DEMO_CONFIG, '--work-dir', str(first),
+                '--cfg-options', *tiny_options(tiny_data, epochs=2))
+    work = tmp_path / 'work'
+    work.mkdir()
+    shutil.copy(first / 'epoch_1.pth', work / 'epoch_1.pth')
+    data = (first / 'epoch_2.pth').read_bytes()
+    (work / 'epoch_2.pth').write_bytes(data[:len(data) // 2])  # killed while writing
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_2.pth'))
+    assert not is_complete_checkpoint(str(work / 'epoch_2.pth'))
+    assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_1.pth')
+
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(work), '--resume',
+                         '--cfg-options', *tiny_options(tiny_data, epochs=2))
+    log = result.stdout + result.stderr
+    assert f'checkpoint {work / "epoch_2.pth"} is truncated' in log
+    assert 'resumed epoch: 1' in log
+    assert is_complete_checkpoint(str(work / 'epoch_2.pth'))
+    assert load(work / 'epoch_2.pth')['meta']['epoch'] == 2
+
+
+def test_no_temporary_files_left_and_pointer_is_complete(tiny_data, tmp_path):
+    python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
+                '--cfg-options', *tiny_options(tiny_data, epochs=1))
+    assert not list(tmp_path.glob('.*.tmp'))
+    target = (tmp_path / 'last_checkpoint').read_text().strip()
+    assert is_complete_checkpoint(target)
+
+
+def test_sigkill_then_resume_ends_with_identical_weights(tiny_data, tmp_path):
+    reference = tmp_path / 'reference'
+    subprocess.run(train_args(tiny_data, reference), cwd=ROOT, check=True,
+                   capture_output=True)
+
+    work = tmp_path / 'killed'
+    proc = subprocess.Popen(train_args(tiny_data, work), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (work / 'epoch_1.pth').exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (work / 'epoch_1.pth').exists(), 'training never wrote its first checkpoint'
+    assert not (work / 'epoch_3.pth').exists(), 'the run finished before it was killed'
+
+    result = subprocess.run(train_args(tiny_data, work) + ['--resume'], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'resumed epoch:' in result.stdout + result.stderr
+    ref, got = load(reference / 'epoch_3.pth'), load(work / 'epoch_3.pth')
+    assert ref['meta']['iter'] == got['meta']['iter']
+    assert ref['state_dict'].keys() == got['state_dict'].keys()
+    for key, value in ref['state_dict'].items():
+        assert torch.equal(value, got['state_dict'][key]), key
