@@ -65,8 +65,15 @@ def main() -> int:
     cfg = merge_args(load_config(args.config, args.cfg_options), args)
     prepare_launcher(cfg, args.launcher)
     runner = build_runner(cfg)
-    with allow_training_checkpoints():
-        runner.train()
+    try:
+        with allow_training_checkpoints():
+            runner.train()
+    except torch.OutOfMemoryError as exc:
+        batch = cfg.train_dataloader.batch_size
+        raise RuntimeError(
+            f'out of memory at train_dataloader.batch_size={batch} per GPU: reduce it, e.g. '
+            f'--cfg-options train_dataloader.batch_size={max(1, batch // 2)} (the learning '
+            'rate follows the batch automatically)') from exc
     finish_distributed()
     return 0
 

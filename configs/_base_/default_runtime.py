@@ -16,6 +16,9 @@ default_hooks = dict(
     visualization=dict(type='VisualizationHook', enable=False),
     # reseed every epoch from (seed, epoch, rank): a resumed run replays the same epochs
     epoch_seed=dict(type='EpochSeedHook'),
+    # fail early when labels do not fit model.head.num_classes; stop at a NaN/inf loss
+    data_check=dict(type='DataModelCheckHook'),
+    finite_loss=dict(type='NonFiniteLossHook'),
 )
 
 env_cfg = dict(

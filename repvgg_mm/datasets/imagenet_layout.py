@@ -1,6 +1,7 @@
 """The ImageNet folder layout of the specification, with or without list files."""
+import os
 import os.path as osp
-from typing import Optional
+from typing import List, Optional
 
 from mmpretrain.datasets import CustomDataset
 
@@ -28,12 +29,16 @@ class ImageNetLayoutDataset(CustomDataset):
             Defaults to ``'train'``.
         list_file (str, optional): List file relative to ``data_root``. Defaults to
             None, meaning ``<split>_list.txt`` if present, else the folders.
+        check_files (bool): Check that every listed image exists when the list is
+            read (one ``stat`` per image). Defaults to True.
         **kwargs: Passed on to :class:`mmpretrain.datasets.CustomDataset`
             (``pipeline``, ``metainfo``, ``lazy_init`` ...).
     """
 
     def __init__(self, data_root: str, split: str = 'train',
-                 list_file: Optional[str] = None, **kwargs) -> None:
+                 list_file: Optional[str] = None, check_files: bool = True,
+                 **kwargs) -> None:
+        self.check_files = check_files
         if not data_root or not osp.isdir(data_root):
             raise FileNotFoundError(f'data root {data_root!r} does not exist or is not a '
                                     f'directory; expected the layout {expected_layout(split)}')
@@ -53,5 +58,47 @@ class ImageNetLayoutDataset(CustomDataset):
                     f'{osp.join(data_root, split)!r} exists; '
                     f'expected the layout {expected_layout(split)}')
             data_prefix, ann_file = split, ''
+            self._check_class_folders(osp.join(data_root, split), kwargs)
         super().__init__(data_root=data_root, data_prefix=data_prefix, ann_file=ann_file,
                          **kwargs)
+
+    @staticmethod
+    def _check_class_folders(folder: str, kwargs: dict) -> None:
+        """Every class folder must hold at least one image: an empty one would shift
+        nothing but silently train a class without examples."""
+        extensions = tuple(e.lower() for e in kwargs.get(
+            'extensions', ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif')))
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_dir() and not any(
+                    f.name.lower().endswith(extensions) for f in os.scandir(entry.path)):
+                raise ValueError(f'class folder {entry.path!r} holds no image '
+                                 f'(extensions {", ".join(extensions)}); remove it or add '
+                                 'images')
+
+    def load_data_list(self) -> List[dict]:
+        if not self.ann_file:
+            return super().load_data_list()
+        data_list = []
+        with open(self.ann_file) as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.rsplit(' ', 1)
+                where = f'{self.ann_file}:{number}'
+                if len(parts) != 2:
+                    raise ValueError(f'{where}: expected "<image path> <label>", got {line!r}')
+                path, label = parts
+                try:
+                    label = int(label)
+                except ValueError:
+                    raise ValueError(f'{where}: label {label!r} is not an integer') from None
+                if label < 0:
+                    raise ValueError(f'{where}: label {label} is negative')
+                img_path = osp.join(self.img_prefix, path)
+                if self.check_files and not osp.isfile(img_path):
+                    raise FileNotFoundError(f'{where}: image {img_path!r} does not exist')
+                data_list.append(dict(img_path=img_path, gt_label=label, list_line=where))
+        if not data_list:
+            raise ValueError(f'list file {self.ann_file!r} lists no images')
+        return data_list

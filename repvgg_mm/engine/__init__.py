@@ -1,4 +1,5 @@
 from .cli import add_cfg_options, add_launcher_options, error_message, run_cli
+from .hooks import DataModelCheckHook, EpochSeedHook, NonFiniteLossHook
 from .launch import (
                      LAUNCHERS,
                      ConfigError,
@@ -10,11 +11,12 @@ from .launch import (
                      set_local_rank,
 )
 from .optim import RepVGGOptimWrapperConstructor, decayed
-from .runner import EpochSeedHook, RepVGGRunner, find_resumable_checkpoint
+from .runner import RepVGGRunner, find_resumable_checkpoint
 from .schedulers import WarmupCosineLR
 
-__all__ = ['ConfigError', 'EpochSeedHook', 'LAUNCHERS', 'RepVGGOptimWrapperConstructor',
-           'RepVGGRunner', 'WarmupCosineLR', 'find_resumable_checkpoint',
-           'add_cfg_options', 'add_launcher_options', 'build_runner', 'decayed',
-           'default_work_dir', 'error_message', 'finish_distributed', 'load_config',
-           'prepare_launcher', 'run_cli', 'set_local_rank']
+__all__ = ['ConfigError', 'DataModelCheckHook', 'EpochSeedHook', 'LAUNCHERS',
+           'NonFiniteLossHook', 'RepVGGOptimWrapperConstructor', 'RepVGGRunner',
+           'WarmupCosineLR', 'add_cfg_options', 'add_launcher_options', 'build_runner',
+           'decayed', 'default_work_dir', 'error_message', 'find_resumable_checkpoint',
+           'finish_distributed', 'load_config', 'prepare_launcher', 'run_cli',
+           'set_local_rank']

@@ -1,19 +1,15 @@
 """A Runner whose checkpoints survive being killed at any moment."""
 import os
 import os.path as osp
-import random
 import re
 import zipfile
 from typing import List, Optional
 
-import numpy as np
-import torch
 from mmengine.dist import master_only
-from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from repvgg_mm.registry import HOOKS, RUNNERS
+from repvgg_mm.registry import RUNNERS
 
 _CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 
@@ -96,21 +92,3 @@ class RepVGGRunner(Runner):
                 self._load_from = found
                 self.logger.info(f'Auto resumed from the latest complete checkpoint {found}.')
         return super().load_or_resume()
-
-
-@HOOKS.register_module()
-class EpochSeedHook(Hook):
-    """Reseed Python, NumPy and PyTorch at the start of every epoch from
-    ``(seed, epoch, rank)``, so that an epoch's random augmentations do not depend on
-    what ran before it in the same process -- the condition for a resumed run to end
-    with the same weights as an uninterrupted one."""
-
-    priority = 'VERY_HIGH'
-
-    def before_train_epoch(self, runner) -> None:
-        seed = runner.seed if runner.seed is not None else 0
-        value = (seed + 1_000_003 * runner.epoch + 7919 * runner.rank) % (2**32)
-        random.seed(value)
-        np.random.seed(value)
-        torch.manual_seed(value)
-

@@ -1,0 +1,86 @@
+"""Hooks that keep runs honest: reproducible epochs, sane data, finite losses."""
+import os.path as osp
+import random
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from repvgg_mm.registry import HOOKS
+
+
+@HOOKS.register_module()
+class EpochSeedHook(Hook):
+    """Reseed Python, NumPy and PyTorch at the start of every epoch from
+    ``(seed, epoch, rank)``, so that an epoch's random augmentations do not depend on
+    what ran before it in the same process -- the condition for a resumed run to end
+    with the same weights as an uninterrupted one."""
+
+    priority = 'VERY_HIGH'
+
+    def before_train_epoch(self, runner) -> None:
+        seed = runner.seed if runner.seed is not None else 0
+        value = (seed + 1_000_003 * runner.epoch + 7919 * runner.rank) % (2**32)
+        random.seed(value)
+        np.random.seed(value)
+        torch.manual_seed(value)
+
+
+
+@HOOKS.register_module()
+class DataModelCheckHook(Hook):
+    """Fail early, with the file and line at fault, when the data does not fit the
+    model: a class count different from the head's ``num_classes`` (folder layout), or
+    a label outside ``[0, num_classes)`` (list files)."""
+
+    priority = 'VERY_HIGH'
+
+    def _check(self, runner, dataloader) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        num_classes = getattr(getattr(model, 'head', None), 'num_classes', None)
+        dataset = getattr(dataloader, 'dataset', None)
+        if num_classes is None or dataset is None or not hasattr(dataset, 'get_gt_labels'):
+            return
+        where = getattr(dataset, 'ann_file', '') or getattr(dataset, 'img_prefix', '')
+        classes = dataset.metainfo.get('classes')
+        if classes is not None and len(classes) != num_classes:
+            raise ValueError(
+                f'the model has num_classes={num_classes} (model.head.num_classes) but the '
+                f'data in {where!r} has {len(classes)} classes; set model.head.num_classes '
+                f'and data_preprocessor.num_classes to {len(classes)}')
+        labels = dataset.get_gt_labels()
+        bad = np.flatnonzero(labels >= num_classes)
+        if len(bad):
+            info = dataset.get_data_info(int(bad[0]))
+            line = info.get('list_line', info.get('img_path'))
+            raise ValueError(f'{line}: label {int(labels[bad[0]])} is >= num_classes='
+                             f'{num_classes} of the model ({len(bad)} such labels in {where!r})')
+
+    def before_train(self, runner) -> None:
+        self._check(runner, runner.train_dataloader)
+
+    def before_val(self, runner) -> None:
+        self._check(runner, runner.val_dataloader)
+
+    def before_test(self, runner) -> None:
+        self._check(runner, runner.test_dataloader)
+
+
+@HOOKS.register_module()
+class NonFiniteLossHook(Hook):
+    """Stop at the first NaN/inf training loss, before it can reach a checkpoint."""
+
+    priority = 'VERY_HIGH'
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        loss = (outputs or {}).get('loss')
+        if loss is None or bool(torch.isfinite(loss).all()):
+            return
+        pointer = osp.join(runner.work_dir, 'last_checkpoint')
+        last = open(pointer).read().strip() if osp.isfile(pointer) else 'none saved yet'
+        raise FloatingPointError(
+            f'the training loss is {loss.item()} at iteration {runner.iter + 1} '
+            f'(epoch {runner.epoch + 1}); stopped here, the last good checkpoint is {last}. '
+            'Hints: lower the learning rate (optim_wrapper.optimizer.lr), look for broken '
+            'images or labels, or train without --amp.')

@@ -1,0 +1,90 @@
+"""Bad inputs get clear errors naming the file, line or value -- never a silent result."""
+import shutil
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG, python_tool, tiny_options
+
+from repvgg_mm.datasets import ImageNetLayoutDataset
+
+
+@pytest.fixture
+def data_copy(tiny_data, tmp_path):
+    root = tmp_path / 'data'
+    shutil.copytree(tiny_data, root)
+    return root
+
+
+def rewrite_line(root, split, number, text):
+    path = root / f'{split}_list.txt'
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+@pytest.mark.parametrize('text,message', [
+    ('train/disk/disk_00000.JPEG', 'expected "<image path> <label>"'),
+    ('train/disk/disk_00000.JPEG two', "label 'two' is not an integer"),
+    ('train/disk/disk_00000.JPEG -1', 'label -1 is negative'),
+    ('train/disk/missing.JPEG 2', "image '"),
+])
+def test_bad_list_lines_name_file_and_line(data_copy, text, message):
+    path = rewrite_line(data_copy, 'train', 7, text)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        ImageNetLayoutDataset(str(data_copy), split='train')
+    assert f'{path}:7' in str(info.value) and message in str(info.value)
+
+
+def test_empty_class_folder_is_an_error(data_copy):
+    (data_copy / 'val_list.txt').unlink()
+    for image in (data_copy / 'val' / 'star').iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match="class folder .*star.* holds no image"):
+        ImageNetLayoutDataset(str(data_copy), split='val')
+
+
+def test_label_beyond_num_classes_through_train_tool(data_copy, tmp_path):
+    rewrite_line(data_copy, 'train', 5, 'train/bars/bars_00004.JPEG 12')
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+                         '--cfg-options', *tiny_options(str(data_copy)), check=False)
+    assert result.returncode == 1
+    assert 'train_list.txt:5: label 12 is >= num_classes=10' in result.stderr
+
+
+def test_num_classes_mismatch_through_train_tool(data_copy, tmp_path):
+    for split in ('train', 'val'):
+        (data_copy / f'{split}_list.txt').unlink()  # folder layout: 10 class folders
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+                         '--cfg-options', *tiny_options(str(data_copy)),
+                         'model.head.num_classes=7', 'data_preprocessor.num_classes=7',
+                         check=False)
+    assert result.returncode == 1
+    assert 'num_classes=7' in result.stderr and 'has 10 classes' in result.stderr
+
+
+def test_nan_loss_stops_with_iteration_and_hint(tiny_data, tmp_path):
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
+                         '--cfg-options', *tiny_options(tiny_data),
+                         'data_preprocessor.std=[0,0,0]', check=False)
+    assert result.returncode == 1
+    assert 'the training loss is nan at iteration 1 (epoch 1)' in result.stderr
+    assert 'lower the learning rate' in result.stderr
+    assert not list(tmp_path.glob('epoch_*.pth'))
+
+
+def test_load_from_refuses_a_crafted_pickle(tiny_data, tmp_path):
+    marker = tmp_path / 'code_ran'
+
+    class Payload:
+        def __reduce__(self):
+            import os
+            return (os.system, (f'touch {marker}', ))
+
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'x': Payload()}, evil)
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+                         '--cfg-options', *tiny_options(tiny_data), f'load_from={evil}',
+                         check=False)
+    assert result.returncode == 1 and 'Weights only load failed' in result.stderr
+    assert not marker.exists()
