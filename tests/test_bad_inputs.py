@@ -88,3 +88,39 @@ def test_load_from_refuses_a_crafted_pickle(tiny_data, tmp_path):
                          check=False)
     assert result.returncode == 1 and 'Weights only load failed' in result.stderr
     assert not marker.exists()
+
+
+def test_image_is_complete_detects_cut_files(tiny_data):
+    from pathlib import Path
+
+    from repvgg_mm.datasets import image_is_complete
+    data = next(Path(tiny_data, 'train', 'disk').iterdir()).read_bytes()
+    assert image_is_complete(data)
+    assert not image_is_complete(data[:len(data) // 2])
+
+
+def _break_first_image(root, how):
+    line = (root / 'train_list.txt').read_text().splitlines()[0]
+    path = root / line.rsplit(' ', 1)[0]
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] if how == 'truncate' else b'not an image at all')
+    return path
+
+
+@pytest.mark.parametrize('how', ['truncate', 'garbage'])
+def test_broken_image_fails_naming_the_file(data_copy, tmp_path, how):
+    path = _break_first_image(data_copy, how)
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+                         '--cfg-options', *tiny_options(str(data_copy)), check=False)
+    assert result.returncode == 1
+    assert f'cannot read image {str(path)!r}' in result.stderr
+    assert 'skip_broken=True' in result.stderr
+
+
+def test_skip_broken_counts_skipped_images(data_copy, tmp_path):
+    _break_first_image(data_copy, 'truncate')
+    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+                         '--cfg-options', *tiny_options(str(data_copy)),
+                         'train_dataloader.dataset.pipeline.0.skip_broken=True')
+    log = result.stdout + result.stderr
+    assert 'epoch 1: skipped 1 unreadable image(s)' in log

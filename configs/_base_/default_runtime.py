@@ -19,6 +19,7 @@ default_hooks = dict(
     # fail early when labels do not fit model.head.num_classes; stop at a NaN/inf loss
     data_check=dict(type='DataModelCheckHook'),
     finite_loss=dict(type='NonFiniteLossHook'),
+    broken_images=dict(type='BrokenImageReportHook'),
 )
 
 env_cfg = dict(

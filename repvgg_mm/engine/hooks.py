@@ -84,3 +84,18 @@ class NonFiniteLossHook(Hook):
             f'(epoch {runner.epoch + 1}); stopped here, the last good checkpoint is {last}. '
             'Hints: lower the learning rate (optim_wrapper.optimizer.lr), look for broken '
             'images or labels, or train without --amp.')
+
+
+@HOOKS.register_module()
+class BrokenImageReportHook(Hook):
+    """At the end of each training epoch, report how many unreadable images the
+    ``skip_broken`` option of our ``LoadImageFromFile`` skipped."""
+
+    def after_train_epoch(self, runner) -> None:
+        from repvgg_mm.datasets.loading import take_skipped_count
+        count = take_skipped_count()
+        if count:
+            # runner.epoch is still the 0-based index of the epoch that just ended
+            runner.logger.warning(f'epoch {runner.epoch + 1}: skipped {count} unreadable '
+                                  'image(s) (LoadImageFromFile skip_broken=True); each was '
+                                  'replaced by another random sample')

@@ -1,0 +1,72 @@
+"""Image loading that never trains on a silently broken image."""
+import multiprocessing
+from typing import Optional
+
+import mmcv
+import numpy as np
+from mmcv.transforms import LoadImageFromFile as MMCVLoadImageFromFile
+from mmengine import fileio
+
+from repvgg_mm.registry import TRANSFORMS
+
+# Shared with the data-loader workers (forked after import): images skipped so far.
+_SKIPPED = multiprocessing.Value('i', 0)
+
+
+def image_is_complete(data: bytes) -> bool:
+    """False for a JPEG or PNG whose end marker is missing -- a file cut short, which
+    OpenCV would otherwise decode partially with only a warning."""
+    if data[:3] == b'\xff\xd8\xff':
+        return data.rstrip(b'\x00').endswith(b'\xff\xd9')
+    if data[:8] == b'\x89PNG\r\n\x1a\n':
+        return b'IEND' in data[-12:]
+    return True
+
+
+def take_skipped_count() -> int:
+    """Images skipped since the last call (all workers of this process together)."""
+    with _SKIPPED.get_lock():
+        count, _SKIPPED.value = _SKIPPED.value, 0
+    return count
+
+
+@TRANSFORMS.register_module(name='LoadImageFromFile')
+class LoadImageChecked(MMCVLoadImageFromFile):
+    """MMCV's ``LoadImageFromFile`` (which it shadows in our scope) that refuses
+    truncated and undecodable images, naming the file.
+
+    Args:
+        skip_broken (bool): Instead of failing, return None for such an image: in
+            training MMEngine's dataset then draws another sample, and
+            :class:`~repvgg_mm.engine.hooks.BrokenImageReportHook` reports how many were
+            skipped at the end of each epoch. Test/val datasets never skip (a skipped
+            test image would change the metric). Defaults to False.
+        **kwargs: Those of MMCV's ``LoadImageFromFile``.
+    """
+
+    def __init__(self, *args, skip_broken: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip_broken = skip_broken
+
+    def transform(self, results: dict) -> Optional[dict]:
+        filename = results['img_path']
+        try:
+            data = fileio.get(filename, backend_args=self.backend_args)
+            if not image_is_complete(data):
+                raise OSError('the file is truncated (its end marker is missing)')
+            img = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
+            if img is None:
+                raise OSError('it is not a decodable image')
+        except Exception as exc:
+            if self.skip_broken:
+                with _SKIPPED.get_lock():
+                    _SKIPPED.value += 1
+                return None
+            raise OSError(f'cannot read image {filename!r}: {exc} (set skip_broken=True on '
+                          'LoadImageFromFile in the train pipeline to skip such files)') from exc
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['img'] = img
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
