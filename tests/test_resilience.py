@@ -80,3 +80,39 @@ def test_sigkill_then_resume_ends_with_identical_weights(tiny_data, tmp_path):
     assert ref['state_dict'].keys() == got['state_dict'].keys()
     for key, value in ref['state_dict'].items():
         assert torch.equal(value, got['state_dict'][key]), key
+
+
+def test_killed_two_process_run_resumes_to_the_same_weights(tiny_data, tmp_path):
+    import os
+
+    from conftest import free_port
+
+    def dist_args(work_dir, *extra):
+        return ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), DEMO_CONFIG, '2',
+                '--work-dir', str(work_dir), *extra, '--cfg-options',
+                *tiny_options(tiny_data, 3), 'randomness.deterministic=True']
+
+    def env():
+        return dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
+
+    reference = tmp_path / 'reference'
+    subprocess.run(dist_args(reference), cwd=ROOT, env=env(), check=True, capture_output=True)
+
+    work = tmp_path / 'killed'
+    proc = subprocess.Popen(dist_args(work), cwd=ROOT, env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (work / 'epoch_1.pth').exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once
+    proc.wait()
+    assert (work / 'epoch_1.pth').exists() and not (work / 'epoch_3.pth').exists()
+
+    result = subprocess.run(dist_args(work, '--resume'), cwd=ROOT, env=env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'resumed epoch:' in result.stdout + result.stderr
+    ref, got = load(reference / 'epoch_3.pth'), load(work / 'epoch_3.pth')
+    assert ref['meta']['iter'] == got['meta']['iter']
+    for key, value in ref['state_dict'].items():
+        assert torch.equal(value, got['state_dict'][key]), key

@@ -5,7 +5,7 @@ import re
 import zipfile
 from typing import List, Optional
 
-from mmengine.dist import master_only
+from mmengine.dist import broadcast_object_list, get_rank, master_only
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
@@ -83,7 +83,10 @@ class RepVGGRunner(Runner):
         if self._has_loaded:
             return None
         if self._resume and self._load_from is None:
-            found = find_resumable_checkpoint(self.work_dir)
+            # every rank resumes from rank 0's choice, even if it sees the disk differently
+            choice = [find_resumable_checkpoint(self.work_dir) if get_rank() == 0 else None]
+            broadcast_object_list(choice, src=0)
+            found = choice[0]
             if found is None:
                 self.logger.info(f'--resume: no complete checkpoint in {self.work_dir}; '
                                  'starting from scratch')
