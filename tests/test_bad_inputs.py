@@ -124,3 +124,49 @@ def test_skip_broken_counts_skipped_images(data_copy, tmp_path):
                          'train_dataloader.dataset.pipeline.0.skip_broken=True')
     log = result.stdout + result.stderr
     assert 'epoch 1: skipped 1 unreadable image(s)' in log
+
+
+def test_out_of_memory_message_names_the_batch_to_reduce():
+    from mmengine.config import Config
+
+    from repvgg_mm.engine import explain_out_of_memory
+    cfg = Config.fromfile(DEMO_CONFIG)
+    error = explain_out_of_memory(torch.OutOfMemoryError('CUDA out of memory'), cfg)
+    assert 'train_dataloader.batch_size=64 per GPU' in str(error)
+    assert '--cfg-options train_dataloader.batch_size=32' in str(error)
+
+
+def test_unparsable_config_names_the_file(tmp_path):
+    bad = tmp_path / 'broken.py'
+    bad.write_text("_base_ = ['../nowhere.py']\nmodel = dict(\n")
+    result = python_tool('train.py', str(bad), check=False)
+    assert result.returncode == 1
+    assert f"config file '{bad}' could not be loaded" in result.stderr
+
+
+def test_test_tool_refuses_a_crafted_pickle(tmp_path):
+    marker = tmp_path / 'code_ran'
+
+    class Payload:
+        def __reduce__(self):
+            import os
+            return (os.system, (f'touch {marker}', ))
+
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'x': Payload()}, evil)
+    result = python_tool('test.py', DEMO_CONFIG, str(evil), check=False)
+    assert result.returncode == 1 and 'could run code' in result.stderr
+    assert not marker.exists()
+
+
+def test_checkpoint_with_another_number_of_classes(tiny_data, tmp_path):
+    from mmengine.config import Config
+
+    from repvgg_mm.checkpoints import CheckpointError, load_state_dict_strict
+    from repvgg_mm.engine.deploy import build_model
+    cfg = Config.fromfile(DEMO_CONFIG)
+    ten = build_model(cfg).state_dict()
+    cfg.model.head.num_classes = 12
+    with pytest.raises(CheckpointError, match=r'head.fc.weight: checkpoint \(10, 1280\) vs '
+                                              r'model \(12, 1280\)'):
+        load_state_dict_strict(build_model(cfg), ten)

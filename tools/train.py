@@ -13,6 +13,7 @@ from repvgg_mm.engine import (  # noqa: E402
     add_launcher_options,
     build_runner,
     default_work_dir,
+    explain_out_of_memory,
     finish_distributed,
     load_config,
     prepare_launcher,
@@ -69,11 +70,7 @@ def main() -> int:
         with allow_training_checkpoints():
             runner.train()
     except torch.OutOfMemoryError as exc:
-        batch = cfg.train_dataloader.batch_size
-        raise RuntimeError(
-            f'out of memory at train_dataloader.batch_size={batch} per GPU: reduce it, e.g. '
-            f'--cfg-options train_dataloader.batch_size={max(1, batch // 2)} (the learning '
-            'rate follows the batch automatically)') from exc
+        raise explain_out_of_memory(exc, cfg) from exc
     finish_distributed()
     return 0
 

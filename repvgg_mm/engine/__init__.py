@@ -5,6 +5,7 @@ from .launch import (
                      ConfigError,
                      build_runner,
                      default_work_dir,
+                     explain_out_of_memory,
                      finish_distributed,
                      load_config,
                      prepare_launcher,
@@ -17,6 +18,6 @@ from .schedulers import WarmupCosineLR
 __all__ = ['ConfigError', 'DataModelCheckHook', 'EpochSeedHook', 'LAUNCHERS',
            'NonFiniteLossHook', 'RepVGGOptimWrapperConstructor', 'RepVGGRunner',
            'WarmupCosineLR', 'add_cfg_options', 'add_launcher_options', 'build_runner',
-           'decayed', 'default_work_dir', 'error_message', 'find_resumable_checkpoint',
-           'finish_distributed', 'load_config', 'prepare_launcher', 'run_cli',
-           'set_local_rank']
+           'decayed', 'default_work_dir', 'error_message', 'explain_out_of_memory',
+           'find_resumable_checkpoint', 'finish_distributed', 'load_config',
+           'prepare_launcher', 'run_cli', 'set_local_rank']

@@ -89,3 +89,12 @@ def finish_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def explain_out_of_memory(exc: BaseException, cfg: Config) -> RuntimeError:
+    """The error to raise for an out-of-memory failure: which batch size to reduce."""
+    batch = cfg.train_dataloader.batch_size
+    return RuntimeError(
+        f'out of memory at train_dataloader.batch_size={batch} per GPU ({exc}); reduce it, '
+        f'e.g. --cfg-options train_dataloader.batch_size={max(1, batch // 2)} (the '
+        'learning rate follows the batch automatically)')
