@@ -75,3 +75,19 @@ def tiny_options(data_root, epochs=1):
            'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
            'val_dataloader.persistent_workers=False',
            'test_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1']
+
+
+class _RunsCode:
+    """Unpickling this object runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def plant_crafted_checkpoint(path, marker):
+    """Write a checkpoint whose unpickling would create ``marker`` (code execution)."""
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'x': _RunsCode(marker)}, path)
+    return path

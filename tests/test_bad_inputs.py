@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, python_tool, tiny_options
+from conftest import DEMO_CONFIG, plant_crafted_checkpoint, python_tool, tiny_options
 
 from repvgg_mm.datasets import ImageNetLayoutDataset
 
@@ -76,13 +76,7 @@ def test_nan_loss_stops_with_iteration_and_hint(tiny_data, tmp_path):
 def test_load_from_refuses_a_crafted_pickle(tiny_data, tmp_path):
     marker = tmp_path / 'code_ran'
 
-    class Payload:
-        def __reduce__(self):
-            import os
-            return (os.system, (f'touch {marker}', ))
-
-    evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'x': Payload()}, evil)
+    evil = plant_crafted_checkpoint(tmp_path / 'evil.pth', marker)
     result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *tiny_options(tiny_data), f'load_from={evil}',
                          check=False)
@@ -147,13 +141,7 @@ def test_unparsable_config_names_the_file(tmp_path):
 def test_test_tool_refuses_a_crafted_pickle(tmp_path):
     marker = tmp_path / 'code_ran'
 
-    class Payload:
-        def __reduce__(self):
-            import os
-            return (os.system, (f'touch {marker}', ))
-
-    evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'x': Payload()}, evil)
+    evil = plant_crafted_checkpoint(tmp_path / 'evil.pth', marker)
     result = python_tool('test.py', DEMO_CONFIG, str(evil), check=False)
     assert result.returncode == 1 and 'could run code' in result.stderr
     assert not marker.exists()

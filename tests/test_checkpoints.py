@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import plant_crafted_checkpoint
 from mmengine.logging import MessageHub
 
 from repvgg_mm.checkpoints.io import (
@@ -15,18 +16,10 @@ from repvgg_mm.checkpoints.io import (
 from repvgg_mm.models import RepVGGBlock
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
-
-
 def test_crafted_pickle_is_refused_and_does_not_run(tmp_path):
     marker = tmp_path / 'pwned'
     path = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {'w': torch.zeros(1)}, 'x': _RunsCode(marker)}, path)
+    plant_crafted_checkpoint(path, marker)
     with pytest.raises(CheckpointError, match='could run code'):
         load_checkpoint_file(str(path))
     assert not marker.exists()

@@ -4,7 +4,7 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, python_tool, randomize_bn
+from conftest import ROOT, plant_crafted_checkpoint, python_tool, randomize_bn
 from mmengine.config import Config
 from mmpretrain.models.backbones import RepVGG as MMPretrainRepVGG
 from test_backbone import PARAMS
@@ -190,13 +190,7 @@ def test_official_deploy_output_and_input(tmp_path):
 def test_reparam_tool_refuses_a_crafted_pickle(tmp_path):
     marker = tmp_path / 'code_ran'
 
-    class Payload:
-        def __reduce__(self):
-            import os
-            return (os.system, (f'touch {marker}', ))
-
-    evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'payload': Payload()}, evil)
+    evil = plant_crafted_checkpoint(tmp_path / 'evil.pth', marker)
     out = tmp_path / 'out.pth'
     result = python_tool('reparam.py', A0_CONFIG, str(evil), str(out), check=False)
     assert result.returncode == 1 and 'could run code' in result.stderr
