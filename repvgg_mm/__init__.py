@@ -14,7 +14,7 @@ from mmpretrain.utils import register_all_modules  # noqa: E402
 # but does not import them, so MMPretrain's modules are registered here once.
 register_all_modules(init_default_scope=False)
 
-from . import checkpoints, datasets, engine, models, registry  # noqa: E402,F401
+from . import apis, checkpoints, cli, datasets, engine, models, registry  # noqa: E402,F401
 from .models import reparameterize_model  # noqa: E402
 
 __version__ = '0.1.0'

@@ -123,7 +123,7 @@ def test_skip_broken_counts_skipped_images(data_copy, tmp_path):
 def test_out_of_memory_message_names_the_batch_to_reduce():
     from mmengine.config import Config
 
-    from repvgg_mm.engine import explain_out_of_memory
+    from repvgg_mm.cli import explain_out_of_memory
     cfg = Config.fromfile(DEMO_CONFIG)
     error = explain_out_of_memory(torch.OutOfMemoryError('CUDA out of memory'), cfg)
     assert 'train_dataloader.batch_size=64 per GPU' in str(error)
@@ -150,8 +150,8 @@ def test_test_tool_refuses_a_crafted_pickle(tmp_path):
 def test_checkpoint_with_another_number_of_classes(tiny_data, tmp_path):
     from mmengine.config import Config
 
+    from repvgg_mm.apis import build_model
     from repvgg_mm.checkpoints import CheckpointError, load_state_dict_strict
-    from repvgg_mm.engine.deploy import build_model
     cfg = Config.fromfile(DEMO_CONFIG)
     ten = build_model(cfg).state_dict()
     cfg.model.head.num_classes = 12

@@ -11,8 +11,7 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from repvgg_mm.engine.deploy import build_model
-from repvgg_mm.engine.inspect import iters_per_epoch, param_group_table, simulate_lr
+from repvgg_mm.apis import build_model, iters_per_epoch, param_group_table, simulate_lr
 from repvgg_mm.models import RepVGG
 from repvgg_mm.registry import MODELS
 

@@ -10,6 +10,7 @@ from mmpretrain.models.backbones import RepVGG as MMPretrainRepVGG
 from test_backbone import PARAMS
 
 from repvgg_mm import reparameterize_model
+from repvgg_mm.apis import build_model, reparameterize_checkpoint
 from repvgg_mm.checkpoints import (
     FORMATS,
     CheckpointError,
@@ -17,7 +18,6 @@ from repvgg_mm.checkpoints import (
     detect_format,
     guess_arch,
 )
-from repvgg_mm.engine.deploy import build_model, reparameterize_checkpoint
 from repvgg_mm.models import RepVGG
 
 A0_CONFIG = osp.join(ROOT, 'configs', 'repvgg-a0.py')

@@ -8,9 +8,8 @@ from mmengine.config import Config
 from mmpretrain.structures import DataSample
 
 from repvgg_mm import reparameterize_model
+from repvgg_mm.apis import build_model, deploy_config, param_group_table, reparameterize_checkpoint
 from repvgg_mm.checkpoints import FORMATS, detect_format
-from repvgg_mm.engine.deploy import build_model, deploy_config, reparameterize_checkpoint
-from repvgg_mm.engine.inspect import param_group_table
 from repvgg_mm.models import RepVGGplus
 
 L2PSE = osp.join(ROOT, 'configs', 'repvggplus-l2pse.py')

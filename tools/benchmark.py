@@ -16,9 +16,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 import torch  # noqa: E402
 
 from repvgg_mm import reparameterize_model  # noqa: E402
-from repvgg_mm.engine import add_cfg_options, load_config, run_cli  # noqa: E402
-from repvgg_mm.engine.benchmark import compare_throughput  # noqa: E402
-from repvgg_mm.engine.deploy import build_model, test_input_size  # noqa: E402
+from repvgg_mm.apis import (  # noqa: E402
+    build_model,
+    compare_throughput,  # noqa: E402
+    test_input_size,
+)
+from repvgg_mm.cli import add_cfg_options, load_config, run_cli  # noqa: E402
 
 AMP = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 

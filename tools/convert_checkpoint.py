@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from repvgg_mm.checkpoints import FORMATS, convert_checkpoint  # noqa: E402
-from repvgg_mm.engine import run_cli  # noqa: E402
+from repvgg_mm.cli import run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

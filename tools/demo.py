@@ -19,7 +19,7 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout
 
-from repvgg_mm.engine import load_config, run_cli  # noqa: E402
+from repvgg_mm.cli import load_config, run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,7 +77,7 @@ def main() -> int:
     run_tool('tools/test.py', deploy_cfg, deploy_ckpt, '--work-dir', work_dir,
              '--out-metrics', metrics_deploy)
 
-    from repvgg_mm.engine.evaluate import split_logits
+    from repvgg_mm.apis import split_logits
     cfg = load_config(args.config)
     cfg.merge_from_dict(dict(option.split('=', 1) for option in data_options))
     logits_train, labels = split_logits(cfg, checkpoint)
@@ -89,7 +89,7 @@ def main() -> int:
         top1_deploy = json.load(f)['accuracy/top1']
     import torch
 
-    from repvgg_mm.engine.deploy import build_model
+    from repvgg_mm.apis import build_model
     summary = dict(
         top1=top1,
         top1_deploy=top1_deploy,

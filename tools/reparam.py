@@ -11,9 +11,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+from repvgg_mm.apis import DEFAULT_TOLERANCE, reparameterize_checkpoint  # noqa: E402
 from repvgg_mm.checkpoints import FORMATS  # noqa: E402
-from repvgg_mm.engine import add_cfg_options, load_config, run_cli  # noqa: E402
-from repvgg_mm.engine.deploy import DEFAULT_TOLERANCE, reparameterize_checkpoint  # noqa: E402
+from repvgg_mm.cli import add_cfg_options, load_config, run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,8 +9,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.model import is_model_wrapper  # noqa: E402
 
+from repvgg_mm.apis import load_checkpoint_into  # noqa: E402
 from repvgg_mm.checkpoints import FORMATS  # noqa: E402
-from repvgg_mm.engine import (  # noqa: E402
+from repvgg_mm.cli import (  # noqa: E402
     add_cfg_options,
     add_launcher_options,
     build_runner,
@@ -21,7 +22,6 @@ from repvgg_mm.engine import (  # noqa: E402
     run_cli,
     set_local_rank,
 )
-from repvgg_mm.engine.deploy import load_into, read_weights  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def main() -> int:
     prepare_launcher(cfg, args.launcher)
     runner = build_runner(cfg)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    load_into(model, read_weights(args.checkpoint, args.src_format)[0], args.checkpoint)
+    load_checkpoint_into(model, args.checkpoint, args.src_format)
     metrics = runner.test()
     if args.out_metrics and runner.rank == 0:
         os.makedirs(osp.dirname(osp.abspath(args.out_metrics)), exist_ok=True)

@@ -8,7 +8,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 import torch  # noqa: E402
 
 from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
-from repvgg_mm.engine import (  # noqa: E402
+from repvgg_mm.cli import (  # noqa: E402
     add_cfg_options,
     add_launcher_options,
     build_runner,

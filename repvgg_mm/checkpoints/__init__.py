@@ -5,6 +5,7 @@ from .io import (
                  extract_state_dict,
                  load_checkpoint_file,
                  load_state_dict_strict,
+                 read_state_dict,
                  save_atomic,
 )
 from .safe_load import allow_training_checkpoints, trusted_checkpoint_globals
@@ -12,5 +13,6 @@ from .safe_load import allow_training_checkpoints, trusted_checkpoint_globals
 __all__ = ['CheckpointError', 'FORMATS', 'KeyFormat', 'allow_training_checkpoints',
            'convert_checkpoint',
            'detect_format', 'extract_state_dict', 'guess_arch', 'is_fused',
-           'load_checkpoint_file', 'load_state_dict_strict', 'save_atomic', 'to_ours',
+           'load_checkpoint_file', 'load_state_dict_strict', 'read_state_dict',
+           'save_atomic', 'to_ours',
            'trusted_checkpoint_globals']

@@ -2,8 +2,8 @@
 import os.path as osp
 from typing import Optional
 
-from .formats import guess_arch, is_fused, to_ours
-from .io import extract_state_dict, load_checkpoint_file, save_atomic
+from .formats import guess_arch, is_fused
+from .io import read_state_dict, save_atomic
 
 
 def convert_checkpoint(src: str, dst: str, src_format: Optional[str] = None) -> dict:
@@ -17,8 +17,7 @@ def convert_checkpoint(src: str, dst: str, src_format: Optional[str] = None) -> 
     """
     if osp.abspath(src) == osp.abspath(dst):
         raise ValueError(f'refusing to overwrite the source checkpoint {src!r}')
-    state_dict, fmt = to_ours(extract_state_dict(load_checkpoint_file(src), src), src_format,
-                              src)
+    state_dict, fmt = read_state_dict(src, src_format)
     meta = dict(source_checkpoint=osp.abspath(src), source_format=fmt,
                 arch=guess_arch(state_dict), deploy=is_fused(state_dict))
     save_atomic(dict(state_dict=state_dict, meta=meta), dst)

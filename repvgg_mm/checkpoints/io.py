@@ -4,7 +4,7 @@ import os.path as osp
 import pickle
 import tempfile
 from collections import OrderedDict
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -97,3 +97,14 @@ def save_atomic(obj: Any, path: str) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def read_state_dict(path: str, src_format: Optional[str] = None) -> Tuple[Dict[str, Any], str]:
+    """Read a checkpoint of any known format safely and rename its keys to ours.
+
+    Returns:
+        tuple[dict, str]: the state dict with our key names, and the detected (or given)
+        source format.
+    """
+    from .formats import to_ours  # formats imports this module
+    return to_ours(extract_state_dict(load_checkpoint_file(path), path), src_format, path)

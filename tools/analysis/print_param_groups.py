@@ -10,8 +10,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from repvgg_mm.engine import add_cfg_options, load_config, run_cli  # noqa: E402
-from repvgg_mm.engine.inspect import param_group_table  # noqa: E402
+from repvgg_mm.apis import param_group_table  # noqa: E402
+from repvgg_mm.cli import add_cfg_options, load_config, run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

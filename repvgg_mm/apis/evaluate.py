@@ -6,7 +6,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from .deploy import build_model, load_into, read_weights
+from .model import build_model, load_checkpoint_into
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def split_logits(cfg: Config, checkpoint: str,
         tuple[Tensor, Tensor]: logits (N, num_classes) and labels (N, ).
     """
     model = build_model(cfg)
-    load_into(model, read_weights(checkpoint)[0], checkpoint)
+    load_checkpoint_into(model, checkpoint)
     model.eval()
     loader_cfg = copy.deepcopy(cfg[dataloader_key])
     loader_cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)

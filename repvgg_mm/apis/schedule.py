@@ -68,7 +68,7 @@ def simulate_lr(cfg: Config, dataset_size: int, gpus: int,
 def param_group_table(cfg: Config) -> List[dict]:
     """Every parameter of ``cfg.model`` with the lr and weight decay the config's
     optimizer wrapper gives it (lr before linear scaling)."""
-    from .deploy import build_model
+    from .model import build_model
     model = build_model(cfg)
     optim_wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     names = {id(p): n for n, p in model.named_parameters()}

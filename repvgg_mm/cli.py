@@ -1,11 +1,17 @@
-"""What the command-line tools share: loading configs, launching, building runners."""
+"""What every command-line tool shares: arguments, one-line error reporting, loading
+configs, launcher set-up, building runners and the out-of-memory hint.
+
+The library raises; the tools report through :func:`run_cli`.
+"""
+import argparse
 import os
 import os.path as osp
-from typing import Optional, Sequence
+import sys
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 
@@ -98,3 +104,43 @@ def explain_out_of_memory(exc: BaseException, cfg: Config) -> RuntimeError:
         f'out of memory at train_dataloader.batch_size={batch} per GPU ({exc}); reduce it, '
         f'e.g. --cfg-options train_dataloader.batch_size={max(1, batch // 2)} (the '
         'learning rate follows the batch automatically)')
+
+def error_message(exc: BaseException) -> str:
+    """One readable line for ``exc`` (KeyError's repr-quoting removed)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = str(exc.args[0])
+    else:
+        text = str(exc)
+    return f'{type(exc).__name__}: {text}'
+
+
+def run_cli(main: Callable[[], int], prog: str) -> None:
+    """Run a tool's ``main`` and exit with its status.
+
+    Any exception becomes one line on stderr and exit status 1. Set the environment
+    variable ``REPVGG_MM_DEBUG=1`` to get the full traceback instead.
+    """
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get('REPVGG_MM_DEBUG'):
+            raise
+        sys.stderr.write(f'{prog}: error: {error_message(exc)}\n'
+                         f'{prog}: (set REPVGG_MM_DEBUG=1 for the full traceback)\n')
+        sys.exit(1)
+    sys.exit(status or 0)
+
+
+def add_cfg_options(parser: argparse.ArgumentParser) -> None:
+    """``--cfg-options key=value ...``: override any config key."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. train_dataloader.batch_size=64')
+
+
+def add_launcher_options(parser: argparse.ArgumentParser) -> None:
+    """``--launcher`` and the ``--local-rank`` that torch.distributed.launch passes."""
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None)

@@ -1,0 +1,89 @@
+"""Build models from configs and load weights into them strictly."""
+import copy
+import inspect
+from typing import Optional
+
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from repvgg_mm.checkpoints import (
+    CheckpointError,
+    guess_arch,
+    load_state_dict_strict,
+    read_state_dict,
+)
+from repvgg_mm.registry import MODELS
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """Build ``cfg.model`` in the config's scope (``repvgg_mm`` by default), with the
+    top-level ``data_preprocessor`` merged in as MMEngine's Runner does."""
+    init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
+    if 'model' not in cfg:
+        raise KeyError(f"config {cfg.filename!r} has no 'model' key")
+    model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor') is not None:
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    return MODELS.build(model_cfg)
+
+
+def _accepts_deploy(module_cfg: dict) -> bool:
+    module_type = module_cfg.get('type')
+    cls = MODELS.get(module_type) if isinstance(module_type, str) else module_type
+    if cls is None:
+        return False
+    # a subclass may pass `deploy` on through **kwargs: look along the MRO
+    return any('deploy' in inspect.signature(c.__init__).parameters
+               for c in cls.__mro__ if '__init__' in vars(c))
+
+
+def deploy_config(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose model builds the fused structure directly: every part
+    (backbone, neck, head) whose class takes ``deploy`` gets ``deploy=True`` -- the
+    fused backbone, and no aux classifiers for RepVGGplus."""
+    cfg = copy.deepcopy(cfg)
+    init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
+    parts = [cfg.model.get(k) for k in ('backbone', 'neck', 'head')]
+    parts = [p for p in parts if isinstance(p, dict) and _accepts_deploy(p)]
+    if not parts:
+        raise KeyError(f'no part of the model in config {cfg.filename!r} can be deployed: '
+                       f"model.backbone.type is {cfg.model.get('backbone', {}).get('type')!r}, "
+                       'expected a RepVGG backbone')
+    for part in parts:
+        part['deploy'] = True
+    cfg.load_from = None
+    return cfg
+
+
+def test_input_size(cfg: Config, default: int = 224) -> int:
+    """The image size the config tests at (its CenterCrop), for verification."""
+    pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline', [])
+    for step in pipeline:
+        if step.get('type') == 'CenterCrop':
+            size = step.get('crop_size')
+            return size if isinstance(size, int) else max(size)
+    return default
+
+
+def load_weights_into(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Strict load; on a mismatch, say which arch the checkpoint looks like."""
+    try:
+        load_state_dict_strict(model, state_dict, source)
+    except CheckpointError as exc:
+        arch = guess_arch(state_dict)
+        hint = (f'the checkpoint looks like RepVGG arch {arch!r}' if arch else
+                'its layout matches none of the known RepVGG archs')
+        raise CheckpointError(f'{exc}; {hint}') from exc
+
+
+def load_checkpoint_into(model: nn.Module, checkpoint: str,
+                         src_format: Optional[str] = None) -> str:
+    """Read ``checkpoint`` (any known format) and load it strictly into ``model``.
+
+    Returns:
+        str: the checkpoint's detected key format.
+    """
+    state_dict, fmt = read_state_dict(checkpoint, src_format)
+    load_weights_into(model, state_dict, checkpoint)
+    return fmt
