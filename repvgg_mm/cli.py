@@ -6,6 +6,7 @@ The library raises; the tools report through :func:`run_cli`.
 import argparse
 import os
 import os.path as osp
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -33,8 +34,50 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
         raise ConfigError(f'config file {path!r} could not be loaded: '
                           f'{type(exc).__name__}: {exc}') from exc
     if cfg_options:
+        for key, value in cfg_options.items():
+            check_override_type(cfg, key, value)
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+_MISSING = object()
+
+
+def _lookup(cfg: Config, dotted: str):
+    node = cfg
+    for part in dotted.split('.'):
+        if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif hasattr(node, 'get') and part in node:
+            node = node.get(part)
+        else:
+            return _MISSING
+    return node
+
+
+def check_override_type(cfg: Config, key: str, value) -> None:
+    """Refuse a ``--cfg-options`` value of another kind than the config's: a number
+    or a flag given as text (``train_cfg.max_epochs=abc``) would otherwise fail deep
+    inside a run, naming the value but not the key.
+
+    Raises:
+        ConfigError: naming the key, the value given and the kind expected.
+    """
+    old = _lookup(cfg, key)
+    if old is _MISSING or old is None or value is None:
+        return
+    if isinstance(old, bool):
+        ok, kind = isinstance(value, bool) or value in (0, 1), 'True or False'
+    elif isinstance(old, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), 'an integer'
+    elif isinstance(old, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        kind = 'a number'
+    else:
+        return
+    if not ok:
+        raise ConfigError(f'--cfg-options {key}={value!r}: expected {kind} '
+                          f'(the config has {key}={old!r})')
 
 
 def default_work_dir(config_path: str) -> str:
@@ -114,16 +157,45 @@ def error_message(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {text}'
 
 
+class Interrupted(KeyboardInterrupt):
+    """The process received SIGTERM or SIGINT; ``signum`` says which."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def install_interrupt_handlers() -> None:
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` in this (main) process, so a
+    tool can say where things stand before it exits; forked children (data-loader
+    workers) keep the default behaviour."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(f'interrupted by {signal.Signals(signum).name}', signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+
+
 def run_cli(main: Callable[[], int], prog: str) -> None:
     """Run a tool's ``main`` and exit with its status.
 
-    Any exception becomes one line on stderr and exit status 1. Set the environment
-    variable ``REPVGG_MM_DEBUG=1`` to get the full traceback instead.
+    Any exception becomes one line on stderr and exit status 1; an interruption
+    (:class:`Interrupted`, Ctrl-C) one line and status 128 + the signal number. Set the
+    environment variable ``REPVGG_MM_DEBUG=1`` to get the full traceback instead.
     """
     try:
         status = main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, 'signum', signal.SIGINT)
+        if os.environ.get('RANK', '0') == '0':
+            sys.stderr.write(f'{prog}: {exc or "interrupted (SIGINT)"}\n')
+        sys.exit(128 + signum)
     except Exception as exc:
         if os.environ.get('REPVGG_MM_DEBUG'):
             raise

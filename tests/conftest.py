@@ -57,6 +57,39 @@ def python_tool(tool, *args, **kwargs):
     return run_tool(sys.executable, osp.join(ROOT, 'tools', tool), *args, **kwargs)
 
 
+def tool_in_process(tool, *args):
+    """Run ``tools/<tool>`` as ``__main__`` inside this process (no interpreter start-up:
+    fast enough for many error-path checks). Returns ``(exit status, stdout, stderr)``.
+    At least one test per tool also runs it as a real process (:func:`python_tool`)."""
+    import contextlib
+    import io
+    import runpy
+    import signal
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = [osp.join(ROOT, 'tools', tool), *map(str, args)]
+    status = 0
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(sys.argv[0], run_name='__main__')
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return status, out.getvalue(), err.getvalue()
+
+
+def error_lines(stderr):
+    """The lines a tool printed as its error (without the REPVGG_MM_DEBUG hint)."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and 'REPVGG_MM_DEBUG' not in line]
+
+
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
     """A small copy of the demo data set: 10 classes, 6 train and 3 val images each."""
@@ -66,15 +99,21 @@ def tiny_data(tmp_path_factory):
     return str(root)
 
 
-def tiny_options(data_root, epochs=1):
-    """--cfg-options that make the demo config train fast on ``tiny_data``."""
+def tiny_options(data_root, epochs=1, shipped_loader=False):
+    """--cfg-options that make the demo config train fast on ``tiny_data``.
+
+    With ``shipped_loader`` the data loaders keep the config's own worker settings
+    (the demo's: one persistent worker per loader), as a user runs them; otherwise
+    they load in the main process.
+    """
+    loader = [] if shipped_loader else [
+        'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+        'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+        'val_dataloader.persistent_workers=False', 'test_dataloader.persistent_workers=False']
     return [f'{s}_dataloader.dataset.data_root={data_root}' for s in ('train', 'val', 'test')] \
         + [f'train_cfg.max_epochs={epochs}', 'train_dataloader.batch_size=8',
-           'val_dataloader.batch_size=8', 'test_dataloader.batch_size=8',
-           'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-           'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
-           'val_dataloader.persistent_workers=False',
-           'test_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1']
+           'val_dataloader.batch_size=8', 'test_dataloader.batch_size=8', *loader,
+           'default_hooks.logger.interval=1']
 
 
 class _RunsCode:

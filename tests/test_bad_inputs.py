@@ -80,7 +80,7 @@ def test_load_from_refuses_a_crafted_pickle(tiny_data, tmp_path):
     result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *tiny_options(tiny_data), f'load_from={evil}',
                          check=False)
-    assert result.returncode == 1 and 'Weights only load failed' in result.stderr
+    assert result.returncode == 1 and f'refusing to load {str(evil)!r}' in result.stderr
     assert not marker.exists()
 
 
@@ -158,3 +158,33 @@ def test_checkpoint_with_another_number_of_classes(tiny_data, tmp_path):
     with pytest.raises(CheckpointError, match=r'head.fc.weight: checkpoint \(10, 1280\) vs '
                                               r'model \(12, 1280\)'):
         load_state_dict_strict(build_model(cfg), ten)
+
+
+def test_zero_byte_image_is_one_line(data_copy):
+    from repvgg_mm.datasets import LoadImageChecked
+    line = (data_copy / 'train_list.txt').read_text().splitlines()[0]
+    path = data_copy / line.rsplit(' ', 1)[0]
+    path.write_bytes(b'')
+    with pytest.raises(OSError) as info:
+        LoadImageChecked().transform(dict(img_path=str(path)))
+    assert len(str(info.value).splitlines()) == 1
+    assert f"cannot read image {str(path)!r}: the file is empty" in str(info.value)
+
+
+def test_list_file_encoding_bom_and_paths_outside_the_root(data_copy):
+    path = data_copy / 'train_list.txt'
+    text = path.read_text()
+    path.write_bytes(b'\xef\xbb\xbf' + text.encode())  # a BOM, as some editors write
+    assert len(ImageNetLayoutDataset(str(data_copy), split='train')) == len(text.splitlines())
+    lines = text.splitlines()
+    path.write_bytes('\n'.join(lines[:3]).encode() + b'\ntrain/disk/caf\xe9.JPEG 1\n')
+    with pytest.raises(ValueError, match=f'{path}:4: not UTF-8 text'):
+        ImageNetLayoutDataset(str(data_copy), split='train')
+    outside = data_copy.parent / 'outside.JPEG'
+    outside.write_bytes((data_copy / lines[0].rsplit(' ', 1)[0]).read_bytes())
+    for bad in ('../outside.JPEG 1', f'{outside} 1'):
+        path.write_text('\n'.join(lines[:2] + [bad]) + '\n')
+        with pytest.raises(ValueError, match=f'{path}:3: image .* lies outside the data root'):
+            ImageNetLayoutDataset(str(data_copy), split='train')
+    dataset = ImageNetLayoutDataset(str(data_copy), split='train', allow_outside_root=True)
+    assert dataset.get_data_info(2)['img_path'].endswith('outside.JPEG')

@@ -13,6 +13,7 @@ from repvgg_mm.checkpoints.io import (
     load_state_dict_strict,
     save_atomic,
 )
+from repvgg_mm.fileio import OutputPathError, atomic_write_text, check_output_paths
 from repvgg_mm.models import RepVGGBlock
 
 
@@ -73,8 +74,62 @@ def test_save_atomic_leaves_nothing_on_failure(tmp_path):
         def __reduce__(self):
             raise RuntimeError('boom')
     target = tmp_path / 'out.pth'
-    with pytest.raises(RuntimeError, match='boom'):
+    with pytest.raises(OSError, match=f"cannot write '{target}': boom"):
         save_atomic({'x': Unpicklable()}, str(target))
     assert os.listdir(tmp_path) == []
     save_atomic({'w': torch.ones(1)}, str(target))
     assert os.listdir(tmp_path) == ['out.pth']
+
+
+def test_write_failure_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """torch.save's zip writer fails with a multi-line RuntimeError from C++."""
+    def failing_save(obj, f):
+        f.write(b'partial')
+        raise RuntimeError('[enforce fail at inline_container.cc:603] . unexpected pos 64\n'
+                           'frame #0: c10::ThrowEnforceNotMet')
+    monkeypatch.setattr(torch, 'save', failing_save)
+    target = tmp_path / 'fused.pth'
+    with pytest.raises(OSError) as info:
+        save_atomic({'w': torch.ones(1)}, str(target))
+    assert str(info.value) == (f"cannot write '{target}': [enforce fail at "
+                               'inline_container.cc:603] . unexpected pos 64')
+    assert os.listdir(tmp_path) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_atomic({'w': torch.ones(1)}, str(tmp_path / 'a.pth'))
+        atomic_write_text(str(tmp_path / 'b.json'), '{}')
+    finally:
+        os.umask(old)
+    for name in ('a.pth', 'b.json'):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_output_paths_are_checked_before_writing(tmp_path):
+    src = tmp_path / 'in.pth'
+    src.write_bytes(b'x')
+    (tmp_path / 'link.pth').symlink_to(src)
+    cases = [
+        ({'OUTPUT': str(tmp_path / 'link.pth')}, 'is the CHECKPOINT'),
+        ({'OUTPUT': str(tmp_path / 'a.pth'), 'other': str(tmp_path / 'a.pth')},
+         'are the same file'),
+        ({'OUTPUT': str(tmp_path / 'missing' / 'a.pth')}, 'does not exist'),
+        ({'OUTPUT': str(tmp_path)}, 'is a folder'),
+    ]
+    for outputs, message in cases:
+        with pytest.raises(OutputPathError, match=message):
+            check_output_paths(outputs, {'CHECKPOINT': str(src)})
+    check_output_paths({'OUTPUT': str(tmp_path / 'new.pth')}, {'CHECKPOINT': str(src)})
+
+
+def test_restricted_getattr_refuses_reaching_builtins(tmp_path):
+    """MMEngine checkpoints pickle getattr(HistoryBuffer, 'mean'); nothing else passes."""
+    class ReachBuiltins:
+        def __reduce__(self):
+            return getattr, (getattr, '__self__')
+    path = tmp_path / 'evil.pth'
+    torch.save({'x': ReachBuiltins()}, path)
+    with pytest.raises(CheckpointError, match='not a HistoryBuffer statistics method'):
+        load_checkpoint_file(str(path))

@@ -1,3 +1,4 @@
+import copy
 import hashlib
 import os
 import os.path as osp
@@ -5,6 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+from conftest import DEMO_CONFIG
 from PIL import Image
 
 from repvgg_mm.datasets import ImageNetLayoutDataset, generate_demo_dataset
@@ -88,3 +91,40 @@ def test_mean_colour_does_not_give_the_class_away(tmp_path):
     centroids = np.stack([xtr[ytr == c].mean(0) for c in range(10)])
     pred = np.argmin(((xva[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     assert (pred == yva).mean() < 0.3
+
+
+def _epoch_samples(loader, epoch):
+    """Each sample of one epoch, in order: (image path, label, augmented image)."""
+    loader.sampler.set_epoch(epoch)
+    return [(s.img_path, s.gt_label.item(), x) for b in loader
+            for x, s in zip(b['inputs'], b['data_samples'])]
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_sample(tiny_data):
+    """With the shipped sampler, each sample's random augmentation is the same whatever
+    the workers (none, 2 persistent, fresh ones as after a resume): the condition for
+    kill + resume to be exact with the shipped data-loader settings."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(DEMO_CONFIG)
+    assert cfg.train_dataloader.sampler.type == 'SampleSeedSampler'
+    assert cfg.train_dataloader.num_workers >= 1 and cfg.train_dataloader.persistent_workers
+
+    def build(workers, persistent):
+        loader_cfg = copy.deepcopy(cfg.train_dataloader)
+        loader_cfg.update(num_workers=workers, persistent_workers=persistent, batch_size=16)
+        loader_cfg.dataset.data_root = tiny_data
+        return Runner.build_dataloader(loader_cfg, seed=0)
+
+    persistent = build(2, True)
+    epoch0, epoch1 = (_epoch_samples(persistent, e) for e in (0, 1))
+    fresh = _epoch_samples(build(2, True), 1)  # a resumed run starts new workers at epoch 1
+    in_process = _epoch_samples(build(0, False), 1)
+    for other in (fresh, in_process):
+        assert [s[:2] for s in other] == [s[:2] for s in epoch1]
+        assert all(torch.equal(a[2], b[2]) for a, b in zip(epoch1, other))
+    # the order and the augmentation of a sample still change from epoch to epoch
+    assert [s[0] for s in epoch0] != [s[0] for s in epoch1]
+    first = {path: x for path, _, x in epoch0}
+    changed = sum(not torch.equal(first[path], x) for path, _, x in epoch1)
+    assert changed > len(epoch1) // 2

@@ -20,8 +20,10 @@ def load(path):
 
 
 def train_args(data, work_dir, epochs=3):
+    # the demo config's own data loaders: one persistent worker each, as a user runs it
     return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), DEMO_CONFIG,
-            '--work-dir', str(work_dir), '--cfg-options', *tiny_options(data, epochs),
+            '--work-dir', str(work_dir), '--cfg-options',
+            *tiny_options(data, epochs, shipped_loader=True),
             'randomness.deterministic=True']  # a trailing '--resume' ends --cfg-options
 
 
@@ -90,7 +92,9 @@ def test_killed_two_process_run_resumes_to_the_same_weights(tiny_data, tmp_path)
     def dist_args(work_dir, *extra):
         return ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), DEMO_CONFIG, '2',
                 '--work-dir', str(work_dir), *extra, '--cfg-options',
-                *tiny_options(tiny_data, 3), 'randomness.deterministic=True']
+                *tiny_options(tiny_data, 3, shipped_loader=True),
+                'train_dataloader.num_workers=2',  # two persistent workers per rank
+                'randomness.deterministic=True']
 
     def env():
         return dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
@@ -116,3 +120,39 @@ def test_killed_two_process_run_resumes_to_the_same_weights(tiny_data, tmp_path)
     assert ref['meta']['iter'] == got['meta']['iter']
     for key, value in ref['state_dict'].items():
         assert torch.equal(value, got['state_dict'][key]), key
+
+
+def _fake_checkpoint(path):
+    torch.save({'meta': {'epoch': 1, 'iter': 1}}, path)
+    return str(path)
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """The messages the runner module logs."""
+    import repvgg_mm.engine.runner as runner_module
+    messages = []
+    monkeypatch.setattr(runner_module, 'print_log',
+                        lambda msg, *args, **kwargs: messages.append(msg))
+    return messages
+
+
+def test_pointer_is_only_followed_inside_the_work_dir(tmp_path, logged):
+    elsewhere = tmp_path / 'original_run'
+    elsewhere.mkdir()
+    foreign = _fake_checkpoint(elsewhere / 'epoch_9.pth')
+    work = tmp_path / 'copied_run'
+    work.mkdir()
+    own = _fake_checkpoint(work / 'epoch_2.pth')
+    (work / 'last_checkpoint').write_text(foreign)
+    assert find_resumable_checkpoint(str(work)) == own
+    assert 'points outside the work dir' in ' '.join(logged)
+
+
+def test_missing_pointer_target_is_called_missing(tmp_path, logged):
+    own = _fake_checkpoint(tmp_path / 'epoch_1.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == own
+    out = ' '.join(logged)
+    assert f'checkpoint {tmp_path / "epoch_2.pth"} named by' in out and 'is missing' in out
+    assert 'truncated' not in out

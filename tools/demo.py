@@ -12,14 +12,17 @@ import argparse
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
+from typing import Callable, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout
 
 from repvgg_mm.cli import load_config, run_cli  # noqa: E402
+from repvgg_mm.fileio import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,13 +35,59 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_tool(*args: str) -> None:
-    """Run one of our tools with this interpreter; stop the demo if it fails."""
-    cmd = [sys.executable, *args]
-    print('$ ' + ' '.join(cmd[1:]), flush=True)
-    result = subprocess.run(cmd, cwd=ROOT)
-    if result.returncode != 0:
-        raise RuntimeError(f'{args[0]} failed with exit status {result.returncode}')
+class Console:
+    """What the demo shows: one line per step and per training epoch. Each tool's full
+    output goes to a log file in the work dir."""
+
+    def __init__(self, work_dir: str) -> None:
+        self.start = time.time()
+        self.work_dir = work_dir
+
+    def elapsed(self) -> str:
+        return f'{time.time() - self.start:5.0f} s'
+
+    def say(self, text: str) -> None:
+        print(f'[{self.elapsed()}] {text}', flush=True)
+
+    def run(self, title: str, log_name: str, *args: str,
+            on_line: Optional[Callable[[str], None]] = None) -> None:
+        """Run one of our tools with this interpreter, its output into ``log_name``;
+        stop the demo with the log's last lines if it fails."""
+        self.say(title)
+        log = osp.join(self.work_dir, log_name)
+        with open(log, 'w') as f:
+            f.write('$ ' + ' '.join(args) + '\n')
+            proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            tail = []
+            for line in proc.stdout:
+                f.write(line)
+                tail = (tail + [line.rstrip()])[-6:]
+                if on_line:
+                    on_line(line)
+            status = proc.wait()
+        if status != 0:
+            print('\n'.join(tail), file=sys.stderr)
+            raise RuntimeError(f'{args[0]} failed with exit status {status}; its full output '
+                               f'is in {log}')
+
+
+class EpochProgress:
+    """Turns MMEngine's training log lines into one line per epoch."""
+
+    TRAIN = re.compile(r'Epoch\(train\)\s*\[(\d+)\]\[\s*\d+/\d+\].*?\sloss: ([\d.naif]+)')
+    VAL = re.compile(r'Epoch\(val\)\s*\[(\d+)\]\[\s*\d+/\d+\].*?accuracy/top1: ([\d.]+)')
+
+    def __init__(self, console: Console, max_epochs: int) -> None:
+        self.console, self.max_epochs, self.loss = console, max_epochs, {}
+
+    def __call__(self, line: str) -> None:
+        if m := self.TRAIN.search(line):
+            self.loss[int(m[1])] = m[2]
+        elif m := self.VAL.search(line):
+            epoch = int(m[1])
+            self.console.say(f'  epoch {epoch:>2}/{self.max_epochs}  train loss '
+                             f'{self.loss.get(epoch, "?"):>6}  val top-1 {float(m[2]):5.1f} %')
 
 
 def trained_checkpoint(work_dir: str) -> str:
@@ -53,33 +102,45 @@ def trained_checkpoint(work_dir: str) -> str:
 def main() -> int:
     args = parse_args()
     os.chdir(ROOT)
-    start = time.time()
+    work_dir = args.work_dir
+    os.makedirs(work_dir, exist_ok=True)
+    console = Console(work_dir)
+    start = console.start
     from repvgg_mm.datasets import generate_demo_dataset
     if not all(osp.isfile(osp.join(args.data_root, f'{s}_list.txt')) for s in ('train', 'val')):
-        print(f'generating the demo data set in {args.data_root} ...', flush=True)
+        console.say(f'generating the demo data set in {args.data_root}')
         generate_demo_dataset(args.data_root)
 
-    work_dir = args.work_dir
     data_options = [f'{split}_dataloader.dataset.data_root={args.data_root}'
                     for split in ('train', 'val', 'test')]
-    run_tool('tools/train.py', args.config, '--work-dir', work_dir,
-             '--cfg-options', *data_options, *args.cfg_options)
+    cfg = load_config(args.config)
+    cfg.merge_from_dict(dict(option.split('=', 1) for option in data_options))
+    max_epochs = cfg.train_cfg.max_epochs
+    for option in args.cfg_options:
+        if option.startswith('train_cfg.max_epochs='):
+            max_epochs = int(option.split('=', 1)[1])
+    console.say(f'training RepVGG-A0 for {max_epochs} epochs on the CPU '
+                f'(full log: {osp.join(work_dir, "train.log")})')
+    console.run('  tools/train.py', 'train.log', 'tools/train.py', args.config,
+                '--work-dir', work_dir, '--cfg-options', *data_options, *args.cfg_options,
+                on_line=EpochProgress(console, max_epochs))
     checkpoint = trained_checkpoint(work_dir)
     metrics_train = osp.join(work_dir, 'metrics_train.json')
-    run_tool('tools/test.py', args.config, checkpoint, '--work-dir', work_dir,
-             '--out-metrics', metrics_train, '--cfg-options', *data_options)
+    console.run(f'testing {checkpoint} (tools/test.py)', 'test.log', 'tools/test.py',
+                args.config, checkpoint, '--work-dir', work_dir, '--out-metrics',
+                metrics_train, '--cfg-options', *data_options)
 
     deploy_ckpt = osp.join(work_dir, 'repvgg-a0_demo_deploy.pth')
     deploy_cfg = osp.splitext(deploy_ckpt)[0] + '.py'
-    run_tool('tools/reparam.py', args.config, checkpoint, deploy_ckpt,
-             '--cfg-options', *data_options)
+    console.run('re-parameterizing it (tools/reparam.py)', 'reparam.log', 'tools/reparam.py',
+                args.config, checkpoint, deploy_ckpt, '--cfg-options', *data_options)
     metrics_deploy = osp.join(work_dir, 'metrics_deploy.json')
-    run_tool('tools/test.py', deploy_cfg, deploy_ckpt, '--work-dir', work_dir,
-             '--out-metrics', metrics_deploy)
+    console.run(f'testing the fused model {deploy_ckpt} (tools/test.py)', 'test_deploy.log',
+                'tools/test.py', deploy_cfg, deploy_ckpt, '--work-dir', work_dir,
+                '--out-metrics', metrics_deploy)
 
+    console.say('comparing the two models on every val image')
     from repvgg_mm.apis import split_logits
-    cfg = load_config(args.config)
-    cfg.merge_from_dict(dict(option.split('=', 1) for option in data_options))
     logits_train, labels = split_logits(cfg, checkpoint)
     logits_deploy, _ = split_logits(load_config(deploy_cfg), deploy_ckpt)
 
@@ -107,9 +168,7 @@ def main() -> int:
         device='cuda' if torch.cuda.is_available() else 'cpu',
     )
     path = osp.join(work_dir, 'summary.json')
-    with open(path + '.tmp', 'w') as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + '.tmp', path)
+    atomic_write_text(path, json.dumps(summary, indent=2))
 
     device = 'GPU' if torch.cuda.is_available() else 'CPU'
     print(f'\n===== repvgg_mm demo: RepVGG-A0 on the embedded 10-class data set ({device}) =====')
@@ -119,7 +178,8 @@ def main() -> int:
           f"{summary['max_abs_logit_diff']:.3g}")
     print(f"parameters: {summary['params_train']:,} -> {summary['params_deploy']:,}")
     print(f"fused model: {deploy_ckpt} (config {deploy_cfg})")
-    print(f"summary: {path} ({summary['seconds']} s)")
+    print(f"summary: {path}; tool logs: {work_dir}/*.log")
+    print(f"the demo took {summary['seconds']:.0f} s")
     if top1 != top1_deploy:
         raise RuntimeError(f'fused top-1 {top1_deploy} differs from training-time {top1}')
     return 0

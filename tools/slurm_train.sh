@@ -3,6 +3,10 @@
 # GPUS (default 8), GPUS_PER_NODE (default 8), CPUS_PER_TASK (default 5) and SRUN_ARGS
 # may be set in the environment.
 set -euo pipefail
+usage() { echo "usage: tools/slurm_train.sh PARTITION JOB_NAME CONFIG [GPUS] [train.py options]" >&2; echo "$(basename "$0"): error: $1" >&2; exit 2; }
+[ $# -ge 3 ] || usage "expected at least 3 arguments, got $#"
+[ $# -lt 4 ] || [[ "$4" =~ ^[1-9][0-9]*$ ]] || usage "GPUS must be a positive integer, got '$4'"
+[ -f "$3" ] || usage "config file '$3' does not exist"
 PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3

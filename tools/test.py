@@ -22,6 +22,7 @@ from repvgg_mm.cli import (  # noqa: E402
     run_cli,
     set_local_rank,
 )
+from repvgg_mm.fileio import atomic_write_text, check_output_paths  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,6 +46,10 @@ def main() -> int:
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_config(args.config, args.cfg_options)
+    if args.out_metrics:
+        os.makedirs(osp.dirname(osp.abspath(args.out_metrics)), exist_ok=True)
+        check_output_paths({'--out-metrics': args.out_metrics},
+                           {'CONFIG': args.config, 'CHECKPOINT': args.checkpoint})
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
     # Load the weights ourselves, strictly and in any known format: MMEngine's test
     # path loads non-strictly and would evaluate random weights for missing keys.
@@ -55,11 +60,8 @@ def main() -> int:
     load_checkpoint_into(model, args.checkpoint, args.src_format)
     metrics = runner.test()
     if args.out_metrics and runner.rank == 0:
-        os.makedirs(osp.dirname(osp.abspath(args.out_metrics)), exist_ok=True)
-        tmp = args.out_metrics + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
-        os.replace(tmp, args.out_metrics)
+        atomic_write_text(args.out_metrics,
+                          json.dumps({k: float(v) for k, v in metrics.items()}, indent=2))
     finish_distributed()
     return 0
 

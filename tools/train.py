@@ -9,17 +9,20 @@ import torch  # noqa: E402
 
 from repvgg_mm.checkpoints import allow_training_checkpoints  # noqa: E402
 from repvgg_mm.cli import (  # noqa: E402
+    Interrupted,
     add_cfg_options,
     add_launcher_options,
     build_runner,
     default_work_dir,
     explain_out_of_memory,
     finish_distributed,
+    install_interrupt_handlers,
     load_config,
     prepare_launcher,
     run_cli,
     set_local_rank,
 )
+from repvgg_mm.engine import find_resumable_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,12 +68,20 @@ def main() -> int:
     set_local_rank(args.local_rank)
     cfg = merge_args(load_config(args.config, args.cfg_options), args)
     prepare_launcher(cfg, args.launcher)
+    install_interrupt_handlers()
     runner = build_runner(cfg)
     try:
         with allow_training_checkpoints():
             runner.train()
     except torch.OutOfMemoryError as exc:
         raise explain_out_of_memory(exc, cfg) from exc
+    except Interrupted as exc:
+        last = find_resumable_checkpoint(cfg.work_dir)
+        where = (f'the last complete checkpoint is {last}' if last else
+                 f'no complete checkpoint in {cfg.work_dir} yet')
+        work_dir = '' if args.work_dir is None else f' --work-dir {args.work_dir}'
+        raise Interrupted(f'{exc}; {where}; continue with: python tools/train.py '
+                          f'{args.config}{work_dir} --resume', exc.signum) from None
     finish_distributed()
     return 0
 

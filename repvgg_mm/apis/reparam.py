@@ -1,5 +1,4 @@
 """Turn a trained checkpoint into a verified deploy checkpoint plus its config."""
-import os
 import os.path as osp
 from typing import Optional
 
@@ -8,11 +7,13 @@ from mmengine.config import Config
 
 from repvgg_mm.checkpoints import (
     FORMATS,
+    check_finite,
     guess_arch,
     is_fused,
     read_state_dict,
     save_atomic,
 )
+from repvgg_mm.fileio import OutputPathError, atomic_open, check_output_paths
 from repvgg_mm.models.reparam import max_logit_difference, reparameterize_model
 
 from .model import build_model, deploy_config, load_weights_into, test_input_size
@@ -47,6 +48,9 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
     """
     if to_format not in ('ours', 'official'):
         raise ValueError(f"to_format must be 'ours' or 'official', got {to_format!r}")
+    out_config = deploy_config_path(output, out_config) if to_format == 'ours' else None
+    outputs = {'OUTPUT': output, **({'deploy config': out_config} if out_config else {})}
+    check_output_paths(outputs, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint})
     state_dict, fmt = read_state_dict(checkpoint, src_format)
     dcfg = deploy_config(cfg)
     report = dict(output=output, config=None, src_format=fmt,
@@ -60,6 +64,7 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
         load_weights_into(model, state_dict, checkpoint)
         model.eval()
         fused = reparameterize_model(model)
+        check_finite(fused.state_dict(), f'{checkpoint} after fusion')
         report['params_train'] = sum(p.numel() for p in model.parameters())
         if verify:
             size = test_input_size(cfg)
@@ -67,6 +72,9 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
             inputs = torch.randn(batch_size, 3, size, size, generator=generator)
             abs_diff, rel_diff = max_logit_difference(model, fused, inputs)
             report.update(max_abs_diff=abs_diff, max_rel_diff=rel_diff)
+            if rel_diff != rel_diff:  # NaN: the weights were finite, the outputs are not
+                raise RuntimeError(f'fused model of {checkpoint!r} gives NaN logits on the '
+                                   'verification batch; nothing written')
             if not rel_diff <= tolerance:
                 raise RuntimeError(f'fused model differs from {checkpoint!r} by '
                                    f'{rel_diff:.3g} (relative, tolerance {tolerance:g}); '
@@ -79,10 +87,20 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
     meta = dict(deploy=True, source_checkpoint=osp.abspath(checkpoint), source_format=fmt,
                 source_config=cfg.filename, arch=guess_arch(state_dict),
                 max_rel_diff=report['max_rel_diff'])
-    save_atomic(dict(state_dict=fused.state_dict(), meta=meta), output)
-    out_config = out_config or osp.splitext(output)[0] + '.py'
-    tmp = out_config + '.tmp.py'
-    dcfg.dump(tmp)
-    os.replace(tmp, out_config)
+    # both files are complete in temporary files before either is renamed into place
+    with atomic_open(out_config, 'w', encoding='utf-8') as config_file:
+        config_file.write(dcfg.dump())
+        save_atomic(dict(state_dict=fused.state_dict(), meta=meta), output)
     report['config'] = out_config
     return report
+
+
+def deploy_config_path(output: str, out_config: Optional[str] = None) -> str:
+    """Where the deploy config of ``output`` goes: ``out_config``, or ``output`` with
+    ``.py`` -- which must then differ from ``output`` itself."""
+    if out_config:
+        return out_config
+    if output.endswith('.py'):
+        raise OutputPathError(f'OUTPUT {output!r} ends in .py, where its deploy config would '
+                              'be written; name the checkpoint e.g. *.pth, or pass --out-config')
+    return osp.splitext(output)[0] + '.py'

@@ -2,6 +2,7 @@ from .convert import convert_checkpoint
 from .formats import FORMATS, KeyFormat, detect_format, guess_arch, is_fused, to_ours
 from .io import (
                  CheckpointError,
+                 check_finite,
                  extract_state_dict,
                  load_checkpoint_file,
                  load_state_dict_strict,
@@ -10,7 +11,7 @@ from .io import (
 )
 from .safe_load import allow_training_checkpoints, trusted_checkpoint_globals
 
-__all__ = ['CheckpointError', 'FORMATS', 'KeyFormat', 'allow_training_checkpoints',
+__all__ = ['CheckpointError', 'FORMATS', 'KeyFormat', 'allow_training_checkpoints', 'check_finite',
            'convert_checkpoint',
            'detect_format', 'extract_state_dict', 'guess_arch', 'is_fused',
            'load_checkpoint_file', 'load_state_dict_strict', 'read_state_dict',

@@ -2,6 +2,8 @@
 import os.path as osp
 from typing import Optional
 
+from repvgg_mm.fileio import check_output_paths
+
 from .formats import guess_arch, is_fused
 from .io import read_state_dict, save_atomic
 
@@ -15,8 +17,7 @@ def convert_checkpoint(src: str, dst: str, src_format: Optional[str] = None) -> 
         dict: ``src_format``, ``arch`` (None if no known arch matches), ``deploy``
         (the weights are already fused) and ``num_tensors``.
     """
-    if osp.abspath(src) == osp.abspath(dst):
-        raise ValueError(f'refusing to overwrite the source checkpoint {src!r}')
+    check_output_paths({'DST': dst}, {'SRC': src})
     state_dict, fmt = read_state_dict(src, src_format)
     meta = dict(source_checkpoint=osp.abspath(src), source_format=fmt,
                 arch=guess_arch(state_dict), deploy=is_fused(state_dict))

@@ -1,19 +1,34 @@
 """Reading and writing checkpoints: safe loading, strict matching, atomic writes."""
-import os
 import os.path as osp
 import pickle
-import tempfile
+import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from repvgg_mm.fileio import atomic_write
+
 from .safe_load import allow_training_checkpoints
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or does not fit the model."""
+
+
+_TORCH_BOILERPLATE = ('Weights only load failed', 'Check the documentation', '(1)', '(2)',
+                      'Please file an issue', 'WeightsUnpickler error:')
+
+
+def _unpickling_reason(message: str) -> str:
+    """The one informative line of torch's multi-line weights-only refusal."""
+    message = message.replace('WeightsUnpickler error:', '\nWeightsUnpickler error:\n')
+    for line in message.splitlines():
+        line = line.strip()
+        if line and not line.startswith(_TORCH_BOILERPLATE):
+            return line.split(' Please use `torch.serialization')[0]
+    return message.strip().splitlines()[0] if message.strip() else 'refused'
 
 
 def load_checkpoint_file(path: str) -> Any:
@@ -24,17 +39,22 @@ def load_checkpoint_file(path: str) -> Any:
     else -- and so could run code -- is refused with :class:`CheckpointError`.
     """
     if not osp.isfile(path):
-        raise CheckpointError(f'checkpoint {path!r} does not exist')
+        raise CheckpointError(f'checkpoint {path!r} does not exist' + (
+            ' (it is a folder)' if osp.isdir(path) else ''))
     try:
         with allow_training_checkpoints():
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
+        reason = _unpickling_reason(str(exc))
         raise CheckpointError(
             f'refusing to load {path!r}: it contains objects that are not plain weights '
-            f'and loading them could run code ({str(exc).splitlines()[0]})') from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f'checkpoint {path!r} could not be read (truncated or '
-                              f'not a PyTorch file?): {exc}') from exc
+            f'and loading them could run code ({reason})') from exc
+    except Exception as exc:  # torch raises many types for a file that is not its own
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        kind = ('not a PyTorch checkpoint' if not zipfile.is_zipfile(path)
+                else 'a damaged or truncated PyTorch checkpoint')
+        raise CheckpointError(f'checkpoint {path!r} could not be read: it is {kind} '
+                              f'({type(exc).__name__}: {reason})') from exc
 
 
 def extract_state_dict(checkpoint: Any, path: str = '<checkpoint>') -> Dict[str, Any]:
@@ -78,25 +98,29 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         if mismatched:
             parts.append(f'{len(mismatched)} shape mismatches (first: {mismatched[:2]})')
         raise CheckpointError(f'{source!r} does not fit the model: ' + '; '.join(parts))
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
 
 def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it to
-    ``path``: readers never see a partial file."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` ``obj`` to ``path`` atomically (see :mod:`repvgg_mm.fileio`):
+    readers never see a partial file and a failed write leaves nothing behind."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str = '<checkpoint>') -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor.
+
+    Raises:
+        CheckpointError: ``source`` and the first non-finite tensor's key.
+    """
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f' (and {len(bad) - 1} more tensors)' if len(bad) > 1 else ''
+        raise CheckpointError(f'{source!r}: tensor {bad[0]!r} holds NaN or infinite values'
+                              f'{more}; refusing to use these weights')
 
 
 def read_state_dict(path: str, src_format: Optional[str] = None) -> Tuple[Dict[str, Any], str]:

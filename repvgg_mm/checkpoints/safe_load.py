@@ -6,12 +6,13 @@ arrays and scalars, and its ``statistics_methods``, bound methods that pickle as
 ``getattr(HistoryBuffer, 'mean')`` -- so resuming needs exactly those globals allow-listed,
 never the protection turned off.
 
-``getattr`` is safe to allow here: the weights-only unpickler only *calls* (REDUCE)
-allow-listed callables and only BUILDs allow-listed types, so an attribute fetched with
-``getattr`` can be stored but never invoked.
+``builtins.getattr`` is not allowed as such -- ``getattr(getattr, '__self__')`` reaches the
+builtins module, and from there ``eval``, which a later call of a statistics method could
+invoke. The name is mapped to :func:`statistics_method`, which only fetches the statistics
+methods registered on ``HistoryBuffer`` and refuses anything else.
 """
-import builtins
 import contextlib
+import pickle
 from typing import Any, Iterator, List
 
 import numpy as np
@@ -30,9 +31,22 @@ def _numpy_globals() -> List[Any]:
             *dtype_classes]
 
 
+def statistics_method(owner: Any, name: str) -> Any:
+    """``getattr`` as MMEngine checkpoints use it, and nothing more: a statistics method
+    registered on ``HistoryBuffer`` (``mean``, ``max``, ``min``, ``current``, ...)."""
+    if owner is HistoryBuffer and isinstance(name, str) and (
+            name in HistoryBuffer._statistics_methods
+            or name in ('mean', 'max', 'min', 'current')):
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(
+        f'getattr({getattr(owner, "__name__", type(owner).__name__)}, {name!r}) is not a '
+        'HistoryBuffer statistics method; refusing it')
+
+
 def trusted_checkpoint_globals() -> List[Any]:
-    """The non-tensor globals found in MMEngine training checkpoints."""
-    return [HistoryBuffer, builtins.getattr, *_numpy_globals()]
+    """The non-tensor globals found in MMEngine training checkpoints (``getattr``
+    restricted to :func:`statistics_method`)."""
+    return [HistoryBuffer, (statistics_method, 'builtins.getattr'), *_numpy_globals()]
 
 
 @contextlib.contextmanager

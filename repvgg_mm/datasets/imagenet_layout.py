@@ -1,4 +1,5 @@
 """The ImageNet folder layout of the specification, with or without list files."""
+import codecs
 import os
 import os.path as osp
 from typing import List, Optional
@@ -6,6 +7,8 @@ from typing import List, Optional
 from mmpretrain.datasets import CustomDataset
 
 from repvgg_mm.registry import DATASETS
+
+from .samplers import seed_everything
 
 
 def expected_layout(split: str) -> str:
@@ -31,14 +34,18 @@ class ImageNetLayoutDataset(CustomDataset):
             None, meaning ``<split>_list.txt`` if present, else the folders.
         check_files (bool): Check that every listed image exists when the list is
             read (one ``stat`` per image). Defaults to True.
+        allow_outside_root (bool): Accept list lines whose path leads outside
+            ``data_root`` (``../``, absolute paths). Defaults to False: such a line is
+            an error naming the file and line.
         **kwargs: Passed on to :class:`mmpretrain.datasets.CustomDataset`
             (``pipeline``, ``metainfo``, ``lazy_init`` ...).
     """
 
     def __init__(self, data_root: str, split: str = 'train',
                  list_file: Optional[str] = None, check_files: bool = True,
-                 **kwargs) -> None:
+                 allow_outside_root: bool = False, **kwargs) -> None:
         self.check_files = check_files
+        self.allow_outside_root = allow_outside_root
         if not data_root or not osp.isdir(data_root):
             raise FileNotFoundError(f'data root {data_root!r} does not exist or is not a '
                                     f'directory; expected the layout {expected_layout(split)}')
@@ -79,26 +86,50 @@ class ImageNetLayoutDataset(CustomDataset):
         if not self.ann_file:
             return super().load_data_list()
         data_list = []
-        with open(self.ann_file) as f:
-            for number, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                parts = line.rsplit(' ', 1)
-                where = f'{self.ann_file}:{number}'
-                if len(parts) != 2:
-                    raise ValueError(f'{where}: expected "<image path> <label>", got {line!r}')
-                path, label = parts
-                try:
-                    label = int(label)
-                except ValueError:
-                    raise ValueError(f'{where}: label {label!r} is not an integer') from None
-                if label < 0:
-                    raise ValueError(f'{where}: label {label} is negative')
-                img_path = osp.join(self.img_prefix, path)
-                if self.check_files and not osp.isfile(img_path):
-                    raise FileNotFoundError(f'{where}: image {img_path!r} does not exist')
-                data_list.append(dict(img_path=img_path, gt_label=label, list_line=where))
+        root = osp.normpath(osp.abspath(self.data_root))
+        with open(self.ann_file, 'rb') as f:
+            raw_lines = f.read().splitlines()
+        for number, raw in enumerate(raw_lines, 1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]  # written by some editors
+            try:
+                line = raw.decode('utf-8').strip()
+            except UnicodeDecodeError as exc:
+                raise ValueError(f'{self.ann_file}:{number}: not UTF-8 text (byte '
+                                 f'{raw[exc.start:exc.start + 1]!r} at column '
+                                 f'{exc.start + 1})') from None
+            if not line:
+                continue
+            parts = line.rsplit(' ', 1)
+            where = f'{self.ann_file}:{number}'
+            if len(parts) != 2:
+                raise ValueError(f'{where}: expected "<image path> <label>", got {line!r}')
+            path, label = parts
+            try:
+                label = int(label)
+            except ValueError:
+                raise ValueError(f'{where}: label {label!r} is not an integer') from None
+            if label < 0:
+                raise ValueError(f'{where}: label {label} is negative')
+            img_path = osp.join(self.img_prefix, path)
+            if not self.allow_outside_root and osp.commonpath(
+                    [root, osp.normpath(osp.abspath(img_path))]) != root:
+                raise ValueError(f'{where}: image {path!r} lies outside the data root '
+                                 f'{self.data_root!r}; set allow_outside_root=True in the '
+                                 'dataset config to accept such paths')
+            if self.check_files and not osp.isfile(img_path):
+                raise FileNotFoundError(f'{where}: image {img_path!r} does not exist')
+            data_list.append(dict(img_path=img_path, gt_label=label, list_line=where))
         if not data_list:
             raise ValueError(f'list file {self.ann_file!r} lists no images')
         return data_list
+
+    def __getitem__(self, idx):
+        """Like MMEngine's, but an index from :class:`SampleSeedSampler` (an ``int``
+        carrying ``.seed``) first reseeds Python, NumPy and PyTorch with that seed, so
+        the sample's random augmentation depends only on (seed, epoch, sample) -- not
+        on which worker runs it or what that worker ran before."""
+        seed = getattr(idx, 'seed', None)
+        if seed is not None:
+            seed_everything(seed)
+        return super().__getitem__(int(idx))

@@ -52,6 +52,8 @@ class LoadImageChecked(MMCVLoadImageFromFile):
         filename = results['img_path']
         try:
             data = fileio.get(filename, backend_args=self.backend_args)
+            if not data:
+                raise OSError('the file is empty (0 bytes)')
             if not image_is_complete(data):
                 raise OSError('the file is truncated (its end marker is missing)')
             img = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
@@ -62,7 +64,8 @@ class LoadImageChecked(MMCVLoadImageFromFile):
                 with _SKIPPED.get_lock():
                     _SKIPPED.value += 1
                 return None
-            raise OSError(f'cannot read image {filename!r}: {exc} (set skip_broken=True on '
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OSError(f'cannot read image {filename!r}: {reason} (set skip_broken=True on '
                           'LoadImageFromFile in the train pipeline to skip such files)') from exc
         if self.to_float32:
             img = img.astype(np.float32)

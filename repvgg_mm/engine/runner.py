@@ -1,17 +1,32 @@
-"""A Runner whose checkpoints survive being killed at any moment."""
+"""A Runner whose checkpoints survive being killed at any moment, and that never runs
+code from a checkpoint nor trains silently on weights that do not fit."""
+import fnmatch
 import os
 import os.path as osp
 import re
 import zipfile
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
+import torch
 from mmengine.dist import broadcast_object_list, get_rank, master_only
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
+from repvgg_mm.checkpoints import (
+    CheckpointError,
+    check_finite,
+    extract_state_dict,
+    load_checkpoint_file,
+    to_ours,
+)
 from repvgg_mm.registry import RUNNERS
 
 _CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+# Strings that MMEngine (Runner.resume, BaseInferencer) would parse as Python config
+# code: meta['config'], meta['cfg'] and the message hub's runtime_info['cfg'].
+_CODE_FIELDS = (('meta', 'config'), ('meta', 'cfg'), ('message_hub', 'runtime_info', 'cfg'))
 
 
 def is_complete_checkpoint(path: str) -> bool:
@@ -25,15 +40,25 @@ def is_complete_checkpoint(path: str) -> bool:
         return False
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = osp.realpath(path), osp.realpath(folder)
+    return osp.commonpath([path, folder]) == folder
+
+
 def resumable_checkpoints(work_dir: str) -> List[str]:
     """Candidates to resume from, newest first: the ``last_checkpoint`` pointer's
     target, then ``epoch_N.pth`` / ``iter_N.pth`` by decreasing N."""
     candidates = []
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
-        with open(pointer) as f:
+        with open(pointer, encoding='utf-8', errors='replace') as f:
             target = f.read().strip()
-        if target:
+        if target and not _inside(target, work_dir):
+            # e.g. a work dir copied from another run: never resume that run's weights
+            print_log(f'{pointer} points outside the work dir, to {target!r}; ignoring it '
+                      '(pass --resume PATH to resume from a checkpoint elsewhere)',
+                      logger='current', level=30)
+        elif target:
             candidates.append(target)
     numbered = []
     for name in os.listdir(work_dir) if osp.isdir(work_dir) else []:
@@ -47,14 +72,71 @@ def resumable_checkpoints(work_dir: str) -> List[str]:
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
-    """The newest complete checkpoint in ``work_dir``; every broken newer one is
-    reported (with its path) and skipped."""
+    """The newest complete checkpoint in ``work_dir``; every missing or broken newer
+    one is reported (with its path) and skipped."""
     for path in resumable_checkpoints(work_dir):
-        if is_complete_checkpoint(path):
+        if not osp.exists(path):
+            print_log(f'checkpoint {path} named by {osp.join(work_dir, "last_checkpoint")} is '
+                      'missing; trying the previous one', logger='current', level=30)
+        elif is_complete_checkpoint(path):
             return path
-        print_log(f'checkpoint {path} is truncated or unreadable (a run killed while '
-                  'saving?); trying the previous one', logger='current', level=30)
+        else:
+            print_log(f'checkpoint {path} is truncated or unreadable (a run killed while '
+                      'saving?); trying the previous one', logger='current', level=30)
     return None
+
+
+def drop_code_strings(checkpoint: dict) -> List[str]:
+    """Remove the config text a checkpoint carries, which MMEngine would execute.
+
+    ``Runner.resume`` executes ``meta['config']`` with ``Config.fromstring`` (only to
+    read the GPU count) and MMEngine's inferencer executes ``meta['cfg']`` or the
+    message hub's ``runtime_info['cfg']``. A checkpoint is data: these fields are
+    dropped on load, and the run's own config is what counts.
+
+    Returns:
+        list[str]: the dotted names of the fields removed.
+    """
+    removed = []
+    for path in _CODE_FIELDS:
+        node = checkpoint
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            del node[path[-1]]
+            removed.append('.'.join(path))
+    return removed
+
+
+def load_partially(model: torch.nn.Module, state_dict: dict, source: str,
+                   ignore_keys: Sequence[str]) -> List[str]:
+    """Load ``state_dict`` strictly except for keys matching ``ignore_keys``
+    (``fnmatch`` patterns, e.g. ``'head.fc.*'`` for a new classifier): those may be
+    missing, extra or of another shape, and keep the model's initial values.
+
+    Returns:
+        list[str]: the model keys that were not loaded.
+
+    Raises:
+        CheckpointError: naming ``source`` and the first keys that do not fit outside
+            ``ignore_keys`` -- or a pattern that matches no key at all (a typo would
+            otherwise make the option do nothing).
+    """
+    from repvgg_mm.apis.model import load_weights_into
+    own = model.state_dict()
+    for pattern in ignore_keys:
+        if not any(fnmatch.fnmatchcase(k, pattern) for k in [*own, *state_dict]):
+            raise CheckpointError(f'load_ignore_keys pattern {pattern!r} matches no key of '
+                                  f'the model nor of {source!r}')
+
+    def ignored(key):
+        return any(fnmatch.fnmatchcase(key, p) for p in ignore_keys)
+
+    kept = {k: v for k, v in state_dict.items() if not ignored(k)}
+    skipped = [k for k in own if ignored(k)]
+    merged = {**{k: own[k] for k in skipped}, **kept}
+    load_weights_into(model, merged, source)
+    return skipped
 
 
 @RUNNERS.register_module()
@@ -65,7 +147,19 @@ class RepVGGRunner(Runner):
       disk and renamed into place, so a kill while saving never leaves a truncated
       ``epoch_N.pth``; the ``last_checkpoint`` pointer is replaced the same way.
     - ``--resume`` without a path takes the newest *complete* checkpoint of the work
-      dir, reporting and skipping broken ones.
+      dir, reporting and skipping broken ones; the ``last_checkpoint`` pointer is only
+      followed inside the work dir.
+    - ``load_from`` and resume read checkpoints with ``torch.load(weights_only=True)``
+      and drop the config text a checkpoint carries (:func:`drop_code_strings`): no
+      code from a checkpoint runs.
+    - The weights load strictly: a checkpoint that does not fit the model (another
+      arch, another class count) or holds NaN/inf stops the run before its first
+      iteration, naming the file, the first mismatching keys and the arch it looks
+      like. For fine-tuning with a new head, the config key ``load_ignore_keys`` (a
+      list of ``fnmatch`` patterns, e.g. ``['head.fc.*']``) names exactly the keys that
+      ``load_from`` may skip; resuming is always strict.
+    - A checkpoint that cannot be written (disk full) leaves no temporary file and
+      fails with one error naming the file.
     """
 
     @master_only  # as MMEngine's: only rank 0 writes
@@ -73,11 +167,21 @@ class RepVGGRunner(Runner):
         if not osp.isdir(out_dir):  # remote storage: leave it to MMEngine
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)
         tmp_name = f'.{filename}.tmp'
-        super().save_checkpoint(out_dir, tmp_name, *args, **kwargs)
         tmp, final = osp.join(out_dir, tmp_name), osp.join(out_dir, filename)
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            super().save_checkpoint(out_dir, tmp_name, *args, **kwargs)
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException as exc:
+            if osp.exists(tmp):
+                os.remove(tmp)
+            if not isinstance(exc, (OSError, RuntimeError)):
+                raise  # e.g. interrupted while saving: nothing partial left either
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OSError(f'could not write checkpoint {final!r} (work dir {out_dir!r}): '
+                          f'{reason}; nothing partial was left, the previous checkpoints '
+                          'are intact') from exc
 
     def load_or_resume(self) -> None:
         if self._has_loaded:
@@ -95,3 +199,51 @@ class RepVGGRunner(Runner):
                 self._load_from = found
                 self.logger.info(f'Auto resumed from the latest complete checkpoint {found}.')
         return super().load_or_resume()
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        self._resuming = True
+        try:
+            super().resume(filename, *args, **kwargs)
+        finally:
+            self._resuming = False
+
+    def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
+                        revise_keys: list = ()) -> dict:
+        """Read ``filename`` safely and load its weights strictly (see the class doc).
+
+        Any key format the project reads is accepted (ours, official, MMPretrain, timm).
+        ``strict`` and ``revise_keys`` of MMEngine's signature are ignored: loading is
+        always strict, except for the config's ``load_ignore_keys`` with ``load_from``.
+        """
+        resuming = getattr(self, '_resuming', False)
+        checkpoint = load_checkpoint_file(filename)
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(f'{filename!r} holds a {type(checkpoint).__name__}, '
+                                  'expected a checkpoint dict')
+        removed = drop_code_strings(checkpoint)
+        if removed:
+            self.logger.info(f'ignored the config text stored in {filename} '
+                             f'({", ".join(removed)}): the run\'s own config is used')
+        if resuming:
+            meta = checkpoint.get('meta')
+            if not isinstance(meta, dict) or not all(
+                    isinstance(meta.get(k), int) for k in ('epoch', 'iter')):
+                raise CheckpointError(
+                    f'cannot resume from {filename!r}: it holds no training state (meta '
+                    'epoch/iter); to start a new run from its weights, set load_from '
+                    'instead of --resume')
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        state_dict, _ = to_ours(extract_state_dict(checkpoint, filename), None, filename)
+        check_finite(state_dict, filename)
+        ignore = [] if resuming else list(self.cfg.get('load_ignore_keys') or [])
+        if ignore:
+            skipped = load_partially(model, state_dict, filename, ignore)
+            self.logger.info(f'load_ignore_keys: kept the initial values of {len(skipped)} '
+                             f'keys {skipped[:6]}')
+        else:
+            from repvgg_mm.apis.model import load_weights_into
+            load_weights_into(model, state_dict, filename)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint

@@ -17,6 +17,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from repvgg_mm.apis import simulate_lr  # noqa: E402
 from repvgg_mm.cli import add_cfg_options, load_config, run_cli  # noqa: E402
+from repvgg_mm.fileio import atomic_open, atomic_write  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,11 +43,10 @@ def main() -> int:
                                osp.splitext(osp.basename(args.config))[0] + '_lr')
     out = osp.splitext(out)[0] if out.endswith(('.csv', '.png')) else out
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    with open(out + '.csv.tmp', 'w', newline='') as f:
+    with atomic_open(out + '.csv', 'w', encoding='utf-8') as f:
         writer = csv.writer(f)
         writer.writerow(['iter', 'epoch', 'lr'])
         writer.writerows((i, e, f'{lr:.10g}') for i, e, lr in rows)
-    os.replace(out + '.csv.tmp', out + '.csv')
 
     import matplotlib
     matplotlib.use('Agg')
@@ -60,8 +60,7 @@ def main() -> int:
                  f'{args.dataset_size:,} images')
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out + '.png.tmp.png', dpi=100)
-    os.replace(out + '.png.tmp.png', out + '.png')
+    atomic_write(out + '.png', lambda f: fig.savefig(f, format='png', dpi=100))
 
     peak_iter, peak_epoch, peak = max(rows, key=lambda r: r[2])
     print(f'total iterations: {len(rows)} ({len(rows) // iters_per_epoch} epochs x '

@@ -33,7 +33,9 @@ train_dataloader = dict(
     persistent_workers=True,
     dataset=dict(type=dataset_type, data_root=data_root, split='train',
                  pipeline=train_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    # DefaultSampler whose indices carry a (seed, epoch, sample) seed: augmentation that
+    # does not depend on the worker's history, so kill + resume is exact
+    sampler=dict(type='SampleSeedSampler', shuffle=True),
 )
 
 val_dataloader = dict(

@@ -1,0 +1,112 @@
+"""Writing files without ever leaving a partial one or overwriting an input.
+
+Every file the project writes (checkpoints, deploy configs, JSON reports, plots) goes
+through :func:`atomic_write`: the content is written to a temporary file in the target
+folder, flushed to disk and renamed over the target, so a reader -- or a run killed
+half-way -- never sees a partial file, and a failed write leaves nothing behind.
+:func:`check_output_paths` is called by tools before any expensive work, so that an
+output path that would destroy an input is refused before anything is written.
+"""
+import contextlib
+import os
+import os.path as osp
+import tempfile
+from typing import IO, Callable, Dict, Iterator, Optional
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot or must not be written."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = 'wb', encoding: Optional[str] = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it replaces ``path``.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the
+    umask), not ``mkstemp``'s 0600. On any failure the temporary file is removed; a
+    write error (``OSError``, or the ``RuntimeError`` of ``torch.save``'s zip writer)
+    is raised again as one ``OSError`` naming ``path`` (the original chained).
+    """
+    folder = osp.dirname(osp.abspath(path))
+    if not osp.isdir(folder):
+        raise OutputPathError(f'cannot write {path!r}: the folder {folder!r} does not exist')
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
+                                   dir=folder)
+    except OSError as exc:
+        raise OSError(f'cannot write {path!r}: {_first_line(exc)}') from exc
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, OutputPathError):
+            raise OSError(f'cannot write {path!r}: {_first_line(exc)}') from exc
+        raise
+
+
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Write ``path`` atomically: ``write(f)`` fills the temporary file ``f``."""
+    with atomic_open(path, 'wb' if binary else 'w',
+                     encoding=None if binary else 'utf-8') as f:
+        write(f)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if osp.exists(a) and osp.exists(b):
+        return osp.samefile(a, b)
+    return osp.realpath(a) == osp.realpath(b)
+
+
+def check_output_paths(outputs: Dict[str, str], inputs: Dict[str, str]) -> None:
+    """Refuse outputs that would overwrite an input, each other, or cannot be written.
+
+    Args:
+        outputs: What the tool will write, ``{description: path}``.
+        inputs: What the tool reads, ``{description: path}``.
+
+    Raises:
+        OutputPathError: naming the output and what is wrong with it -- it is one of the
+            inputs (same file by real path), two outputs are the same file, its folder is
+            missing or not writable, or it is an existing folder.
+    """
+    items = list(outputs.items())
+    for i, (name, path) in enumerate(items):
+        for in_name, in_path in inputs.items():
+            if in_path and _same_file(path, in_path):
+                raise OutputPathError(f'{name} {path!r} is the {in_name} {in_path!r}: '
+                                      'refusing to overwrite an input')
+        for other_name, other in items[:i]:
+            if _same_file(path, other):
+                raise OutputPathError(f'{name} {path!r} and {other_name} {other!r} are the '
+                                      'same file')
+        if osp.isdir(path):
+            raise OutputPathError(f'{name} {path!r} is a folder, expected a file path')
+        folder = osp.dirname(osp.abspath(path))
+        if not osp.isdir(folder):
+            raise OutputPathError(f'{name} {path!r}: the folder {folder!r} does not exist')
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputPathError(f'{name} {path!r}: the folder {folder!r} is not writable')
+        if osp.exists(path) and not os.access(path, os.W_OK):
+            raise OutputPathError(f'{name} {path!r} exists and is not writable')
