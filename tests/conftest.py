@@ -84,6 +84,17 @@ def tool_in_process(tool, *args):
     return status, out.getvalue(), err.getvalue()
 
 
+def quick_tool(tool, *args, check=True):
+    """:func:`tool_in_process` with :func:`python_tool`'s result (``returncode``,
+    ``stdout``, ``stderr``), for error paths of tools that other tests run as real
+    processes."""
+    from types import SimpleNamespace
+    status, out, err = tool_in_process(tool, *args)
+    if check and status != 0:
+        raise AssertionError(f'{tool} {args} failed ({status}):\n{out[-3000:]}\n{err[-3000:]}')
+    return SimpleNamespace(returncode=status, stdout=out, stderr=err)
+
+
 def error_lines(stderr):
     """The lines a tool printed as its error (without the REPVGG_MM_DEBUG hint)."""
     return [line for line in stderr.splitlines()

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, plant_crafted_checkpoint, python_tool, tiny_options
+from conftest import DEMO_CONFIG, plant_crafted_checkpoint, quick_tool, tiny_options
 
 from repvgg_mm.datasets import ImageNetLayoutDataset
 
@@ -46,7 +46,7 @@ def test_empty_class_folder_is_an_error(data_copy):
 
 def test_label_beyond_num_classes_through_train_tool(data_copy, tmp_path):
     rewrite_line(data_copy, 'train', 5, 'train/bars/bars_00004.JPEG 12')
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *tiny_options(str(data_copy)), check=False)
     assert result.returncode == 1
     assert 'train_list.txt:5: label 12 is >= num_classes=10' in result.stderr
@@ -55,7 +55,7 @@ def test_label_beyond_num_classes_through_train_tool(data_copy, tmp_path):
 def test_num_classes_mismatch_through_train_tool(data_copy, tmp_path):
     for split in ('train', 'val'):
         (data_copy / f'{split}_list.txt').unlink()  # folder layout: 10 class folders
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *tiny_options(str(data_copy)),
                          'model.head.num_classes=7', 'data_preprocessor.num_classes=7',
                          check=False)
@@ -64,7 +64,7 @@ def test_num_classes_mismatch_through_train_tool(data_copy, tmp_path):
 
 
 def test_nan_loss_stops_with_iteration_and_hint(tiny_data, tmp_path):
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
                          '--cfg-options', *tiny_options(tiny_data),
                          'data_preprocessor.std=[0,0,0]', check=False)
     assert result.returncode == 1
@@ -77,7 +77,7 @@ def test_load_from_refuses_a_crafted_pickle(tiny_data, tmp_path):
     marker = tmp_path / 'code_ran'
 
     evil = plant_crafted_checkpoint(tmp_path / 'evil.pth', marker)
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *tiny_options(tiny_data), f'load_from={evil}',
                          check=False)
     assert result.returncode == 1 and f'refusing to load {str(evil)!r}' in result.stderr
@@ -104,7 +104,7 @@ def _break_first_image(root, how):
 @pytest.mark.parametrize('how', ['truncate', 'garbage'])
 def test_broken_image_fails_naming_the_file(data_copy, tmp_path, how):
     path = _break_first_image(data_copy, how)
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *tiny_options(str(data_copy)), check=False)
     assert result.returncode == 1
     assert f'cannot read image {str(path)!r}' in result.stderr
@@ -113,7 +113,7 @@ def test_broken_image_fails_naming_the_file(data_copy, tmp_path, how):
 
 def test_skip_broken_counts_skipped_images(data_copy, tmp_path):
     _break_first_image(data_copy, 'truncate')
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *tiny_options(str(data_copy)),
                          'train_dataloader.dataset.pipeline.0.skip_broken=True')
     log = result.stdout + result.stderr
@@ -133,7 +133,7 @@ def test_out_of_memory_message_names_the_batch_to_reduce():
 def test_unparsable_config_names_the_file(tmp_path):
     bad = tmp_path / 'broken.py'
     bad.write_text("_base_ = ['../nowhere.py']\nmodel = dict(\n")
-    result = python_tool('train.py', str(bad), check=False)
+    result = quick_tool('train.py', str(bad), check=False)
     assert result.returncode == 1
     assert f"config file '{bad}' could not be loaded" in result.stderr
 
@@ -142,7 +142,7 @@ def test_test_tool_refuses_a_crafted_pickle(tmp_path):
     marker = tmp_path / 'code_ran'
 
     evil = plant_crafted_checkpoint(tmp_path / 'evil.pth', marker)
-    result = python_tool('test.py', DEMO_CONFIG, str(evil), check=False)
+    result = quick_tool('test.py', DEMO_CONFIG, str(evil), check=False)
     assert result.returncode == 1 and 'could run code' in result.stderr
     assert not marker.exists()
 

@@ -58,7 +58,8 @@ class Console:
         with open(log, 'w') as f:
             f.write('$ ' + ' '.join(args) + '\n')
             proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=dict(os.environ, PYTHONUNBUFFERED='1'))
             tail = []
             for line in proc.stdout:
                 f.write(line)
