@@ -6,7 +6,7 @@
 # - plain cross-entropy (no label smoothing);
 # - test: resize the short side to 256, centre crop 224.
 _base_ = [
-    '../models/repvgg-a0.py',
+    '../models/repvgg.py',
     '../datasets/imagenet_bs32.py',
     '../schedules/imagenet_bs256_300e_coslr.py',
     '../default_runtime.py',
