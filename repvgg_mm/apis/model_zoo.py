@@ -11,6 +11,7 @@ import difflib
 import fnmatch
 import glob
 import os.path as osp
+from functools import lru_cache
 from typing import Dict, List, Optional, Union
 
 import torch.nn as nn
@@ -73,6 +74,12 @@ def list_models(pattern: Optional[str] = None) -> List[str]:
     return names
 
 
+@lru_cache(maxsize=None)
+def _zoo_config(path: str) -> Config:
+    # a name and its _deploy twin share a config: parse it once (callers copy it)
+    return Config.fromfile(path)
+
+
 def _resolve(name_or_config: Union[str, Config]) -> tuple:
     """``(config, deploy-by-name)`` of a model name, config path or Config."""
     if isinstance(name_or_config, Config):
@@ -92,7 +99,7 @@ def _resolve(name_or_config: Union[str, Config]) -> tuple:
             f'known: {", ".join(sorted(index))}'
         raise ValueError(f'unknown model name {name_or_config!r} (neither a zoo name nor '
                          f'a config file); {hint}')
-    cfg = Config.fromfile(osp.join(REPO_ROOT, entry['Config']))
+    cfg = copy.deepcopy(_zoo_config(osp.join(REPO_ROOT, entry['Config'])))
     return cfg, bool(entry.get('Metadata', {}).get('Deploy', False))
 
 
