@@ -7,7 +7,9 @@ training-time and fused checkpoints of every format the project reads.
 import argparse
 import os
 import os.path as osp
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
@@ -26,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--out', metavar='JSON', help='write the predictions to this file')
     parser.add_argument('--show-dir', metavar='DIR',
                         help='write <DIR>/<image name>.png with the prediction drawn')
+    parser.add_argument('--show-size', type=int, default=224, metavar='PIXELS',
+                        help='short side of the written pictures (default: 224; small '
+                        'images are enlarged so that the drawn text stays readable)')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--device', default='cpu', help="e.g. 'cpu' or 'cuda:0'")
     add_cfg_options(parser)
@@ -34,8 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before the model is built."""
-    if args.topk < 1:
-        raise ValueError(f'--topk must be >= 1, got {args.topk}')
+    for name in ('topk', 'show_size', 'batch_size'):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
+                             f'got {getattr(args, name)}')
     for path in (args.checkpoint, *args.images):
         if not osp.isfile(path):
             raise FileNotFoundError(f'{path!r} does not exist')
@@ -57,7 +64,16 @@ def main() -> int:
     check_arguments(args)
     cfg = load_config(args.config, args.cfg_options)
     inferencer = RepVGGInferencer(get_model(cfg, args.checkpoint, device=args.device))
-    results = inferencer(args.images, batch_size=args.batch_size, show_dir=args.show_dir)
+    # pictures go to a hidden folder first and are moved in when all are complete
+    staging = tempfile.mkdtemp(prefix='.infer-', dir=args.show_dir) if args.show_dir else None
+    try:
+        results = inferencer(args.images, batch_size=args.batch_size, show_dir=staging,
+                             resize=args.show_size)
+        for name in os.listdir(staging) if staging else []:
+            os.replace(osp.join(staging, name), osp.join(args.show_dir, name))
+    finally:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
     records = []
     for path, result in zip(args.images, results):
         best = top_k(result, args.topk, inferencer.classes)

@@ -54,6 +54,22 @@ class RepVGGInferencer(ImageClassificationInferencer):
                              'pipeline comes from): build it with repvgg_mm.apis.get_model')
         super().__init__(model, pretrained=False, device=None, classes=classes)
 
+    def __call__(self, inputs: Union[ImageInput, Sequence[ImageInput]],
+                 return_datasamples: bool = False, batch_size: int = 1,
+                 **kwargs) -> list:
+        """MMPretrain's inference loop without its progress bar: library code does
+        not print (a tool's output stays parseable). ``kwargs`` are the parent's
+        (``show_dir``, ``resize``, ``draw_score``, ...)."""
+        preprocess_kwargs, forward_kwargs, visualize_kwargs, postprocess_kwargs = \
+            self._dispatch_kwargs(**kwargs)
+        images = self._inputs_to_list(inputs)
+        preds = []
+        for batch in self.preprocess(images, batch_size=batch_size, **preprocess_kwargs):
+            preds.extend(self.forward(batch, **forward_kwargs))
+        visualization = self.visualize(images, preds, **visualize_kwargs)
+        return self.postprocess(preds, visualization, return_datasamples,
+                                **postprocess_kwargs)
+
     def _init_pipeline(self, cfg: Config) -> Compose:
         init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
         try:
