@@ -19,9 +19,9 @@ from repvgg_mm.apis import (
     list_models,
     load_checkpoint_into,
     model_index,
+    plot_training_curves,
     reparameterize_checkpoint,
 )
-from repvgg_mm.apis.curves import plot_training_curves
 from repvgg_mm.checkpoints import FORMATS, read_state_dict
 from repvgg_mm.cli import load_config
 from repvgg_mm.datasets import generate_demo_dataset

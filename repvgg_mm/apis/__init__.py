@@ -3,6 +3,7 @@ load models, fuse checkpoints, evaluate, benchmark, count FLOPs, inspect schedul
 training logs."""
 from .benchmark import compare_throughput
 from .complexity import config_complexity, format_flops, model_complexity
+from .curves import plot_training_curves
 from .evaluate import split_logits
 from .inference import RepVGGInferencer, inference_model, top_k
 from .model import (
@@ -22,5 +23,6 @@ __all__ = ['DEFAULT_TOLERANCE', 'RepVGGInferencer', 'build_model', 'checkpoint_m
            'compare_throughput', 'config_class_names', 'config_complexity', 'deploy_config',
            'format_flops', 'get_model', 'inference_model', 'iters_per_epoch',
            'list_models', 'load_checkpoint_into', 'load_weights_into', 'model_complexity',
-           'model_index', 'param_group_table', 'reparameterize_checkpoint', 'scaled_lr',
-           'simulate_lr', 'split_logits', 'test_input_size', 'top_k']
+           'model_index', 'param_group_table', 'plot_training_curves',
+           'reparameterize_checkpoint', 'scaled_lr', 'simulate_lr', 'split_logits',
+           'test_input_size', 'top_k']

@@ -143,6 +143,11 @@ def get_model(name_or_config: Union[str, Config], checkpoint: Optional[str] = No
         dataset_meta = checkpoint_meta(checkpoint).get('dataset_meta')
     if not dataset_meta or not dataset_meta.get('classes'):
         dataset_meta = dict(classes=config_class_names(cfg))
+    classes, num_classes = dataset_meta['classes'], cfg.model.get('head', {}).get('num_classes')
+    if classes and num_classes and len(classes) != num_classes:
+        raise ValueError(f'{len(classes)} class names (from '
+                         f"{'the checkpoint' if checkpoint else 'the config data set'}) for "
+                         f'a model with model.head.num_classes={num_classes}')
     model._config = deploy_config(cfg) if deploy else cfg
     model._dataset_meta = dataset_meta
     return model.to(device).eval()

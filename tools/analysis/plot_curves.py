@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from repvgg_mm.apis.curves import plot_training_curves  # noqa: E402
+from repvgg_mm.apis import plot_training_curves  # noqa: E402
 from repvgg_mm.cli import run_cli  # noqa: E402
 from repvgg_mm.fileio import check_output_path  # noqa: E402
 
