@@ -29,6 +29,7 @@ from repvgg_mm.datasets.demo_data import DEMO_CLASSES
 from repvgg_mm.fileio import check_output_path
 from repvgg_mm.models import reparameterize_model
 
+pytestmark = pytest.mark.usefixtures('one_thread')
 EPOCHS = 40
 # One image per class, without augmentation: 40 iterations of the demo config fit them
 # all (the demo recipe itself needs its 3,000 images), so "the right class" is a

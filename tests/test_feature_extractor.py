@@ -2,11 +2,13 @@
 import os.path as osp
 import re
 
+import pytest
 import torch
 from conftest import ROOT, randomize_bn
 
 from repvgg_mm import reparameterize_model
 
+pytestmark = pytest.mark.usefixtures('one_thread')
 DOC = osp.join(ROOT, 'docs', 'backbone.md')
 
 
