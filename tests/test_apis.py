@@ -223,3 +223,14 @@ def test_tensorboard_option_without_tensorboard_names_the_install(monkeypatch, t
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)  # as if missing
     with pytest.raises(ImportError, match='pip install tensorboard'):
         VISBACKENDS.build(dict(cfg.vis_backends[1], save_dir=str(tmp_path)))
+
+
+def test_get_flops_tool_prints_mmengines_count():
+    result = python_tool(osp.join('analysis', 'get_flops.py'),
+                         osp.join(ROOT, 'configs', 'repvgg-a0.py'), '--deploy',
+                         '--shape', '64', '96', env=dict(OMP_NUM_THREADS='1'))
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    cfg = load_config(osp.join(ROOT, 'configs', 'repvgg-a0.py'))
+    assert report == dict(config_complexity(cfg, deploy=True, shape=(64, 96)),
+                          shape=[64, 96])
+    assert report['params'] == 8_309_384 and 'fused model' in result.stdout
