@@ -1,7 +1,9 @@
 # RepVGG-A0 on ImageNet, 300 epochs.
 _base_ = [
-    '_base_/models/repvgg-a0.py',
+    '_base_/models/repvgg.py',
     '_base_/datasets/imagenet_bs32.py',
     '_base_/schedules/imagenet_bs256_300e_coslr.py',
     '_base_/default_runtime.py',
 ]
+
+model = dict(backbone=dict(arch='A0'), head=dict(in_channels=1280))

@@ -1,2 +1,2 @@
-# RepVGG-A0, the paper's 120-epoch recipe (RECIPES.md 3b).
+# RepVGG-A0, the paper's 120-epoch recipe (docs/repvgg.md 3b).
 _base_ = ['./_base_/recipes/paper_120e.py']

@@ -1,4 +1,4 @@
-# RepVGG-A1, the paper's 120-epoch recipe (RECIPES.md 3b).
+# RepVGG-A1, the paper's 120-epoch recipe (docs/repvgg.md 3b).
 _base_ = ['./_base_/recipes/paper_120e.py']
 
 model = dict(backbone=dict(arch='A1'), head=dict(in_channels=1280))

@@ -1,6 +1,6 @@
 # RepVGG-A2 on ImageNet, 300 epochs.
 _base_ = [
-    '_base_/models/repvgg-a0.py',
+    '_base_/models/repvgg.py',
     '_base_/datasets/imagenet_bs32.py',
     '_base_/schedules/imagenet_bs256_300e_coslr.py',
     '_base_/default_runtime.py',

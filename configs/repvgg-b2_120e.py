@@ -1,4 +1,4 @@
-# RepVGG-B2, the paper's 120-epoch recipe (RECIPES.md 3b).
+# RepVGG-B2, the paper's 120-epoch recipe (docs/repvgg.md 3b).
 _base_ = ['./_base_/recipes/paper_120e.py']
 
 model = dict(backbone=dict(arch='B2'), head=dict(in_channels=2560))

@@ -1,4 +1,4 @@
-# RepVGG-B2g4, the paper's 200-epoch recipe (RECIPES.md 3b): AutoAugment, label
+# RepVGG-B2g4, the paper's 200-epoch recipe (docs/repvgg.md 3b): AutoAugment, label
 # smoothing 0.1 and mixup. No official training script was released for it; see
 # _base_/recipes/paper_200e.py for the settings that are ours.
 _base_ = ['./_base_/recipes/paper_200e.py']

@@ -1,4 +1,4 @@
-# RepVGGplus-L2pse on ImageNet, the original repository's recipe (RECIPES.md 3c):
+# RepVGGplus-L2pse on ImageNet, the original repository's recipe (docs/repvgg.md 3c):
 # 300 epochs, lr 0.1 per 256 images (scaled to the real batch), 5 warm-up epochs then
 # cosine, weight decay 4e-5 (original rule), mixup 0.2 with label smoothing 0.1,
 # RandAugment (2 ops) -- train at 256, test at 320.

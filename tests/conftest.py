@@ -141,3 +141,13 @@ def plant_crafted_checkpoint(path, marker):
     """Write a checkpoint whose unpickling would create ``marker`` (code execution)."""
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'x': _RunsCode(marker)}, path)
     return path
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Run a module's in-process models on one thread: on a small machine shared by
+    other processes, more threads only contend (a 5x slowdown measured on 2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from repvgg_mm.models import RepVGG, reparameterize_model
 from repvgg_mm.registry import MODELS
 
-# RECIPES.md: whole classifier, 1000 classes, from the original code.
+# docs/repvgg.md: whole classifier, 1000 classes, from the original code.
 PARAMS = {
     'a0': (9_108_968, 8_309_384), 'a1': (14_092_264, 12_789_864),
     'a2': (28_210_600, 25_499_944), 'b0': (15_817_960, 14_339_048),

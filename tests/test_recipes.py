@@ -1,4 +1,4 @@
-"""The training recipes of RECIPES.md 3a/3b, checked before anyone trains with them."""
+"""The training recipes of docs/repvgg.md 3a/3b, checked before anyone trains with them."""
 import math
 import os.path as osp
 

@@ -10,6 +10,10 @@ num_classes = 10
 image_size = 32
 max_epochs = 25
 batch_size = 64
+# The generator's classes, in label order (sorted): stored in checkpoints as
+# dataset_meta, so tools/infer.py names the predicted shape.
+classes = ['bars', 'diamond', 'disk', 'frame', 'plus', 'ring', 'square', 'star', 'triangle',
+           'xcross']
 
 model = dict(head=dict(num_classes=num_classes, topk=(1, )))
 data_preprocessor = dict(num_classes=num_classes)
@@ -34,10 +38,10 @@ test_pipeline = [
 
 train_dataloader = dict(
     batch_size=batch_size, num_workers=1,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+    dataset=dict(data_root=data_root, pipeline=train_pipeline, metainfo=dict(classes=classes)))
 val_dataloader = dict(
     batch_size=batch_size, num_workers=1,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+    dataset=dict(data_root=data_root, pipeline=test_pipeline, metainfo=dict(classes=classes)))
 test_dataloader = val_dataloader
 val_evaluator = dict(topk=(1, ))
 test_evaluator = val_evaluator

@@ -1,7 +1,9 @@
 """Build models from configs and load weights into them strictly."""
 import copy
 import inspect
-from typing import Optional
+import os
+import os.path as osp
+from typing import List, Optional
 
 import torch.nn as nn
 from mmengine.config import Config
@@ -10,6 +12,7 @@ from mmengine.registry import init_default_scope
 from repvgg_mm.checkpoints import (
     CheckpointError,
     guess_arch,
+    load_checkpoint_file,
     load_state_dict_strict,
     read_state_dict,
 )
@@ -87,3 +90,32 @@ def load_checkpoint_into(model: nn.Module, checkpoint: str,
     state_dict, fmt = read_state_dict(checkpoint, src_format)
     load_weights_into(model, state_dict, checkpoint)
     return fmt
+
+
+def checkpoint_meta(checkpoint: str) -> dict:
+    """The ``meta`` dict of a checkpoint (MMEngine stores ``dataset_meta`` there), or
+    an empty dict for plain state dicts."""
+    content = load_checkpoint_file(checkpoint)
+    meta = content.get('meta') if isinstance(content, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def config_class_names(cfg: Config) -> Optional[List[str]]:
+    """Class names of the config's test data set, without reading its images.
+
+    In this order: ``metainfo.classes`` of the data set config; the sorted class
+    folders of ``<data_root>/<split>`` when the data is there and has no list file;
+    MMPretrain's ImageNet names for a 1000-class model. None when none applies.
+    """
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes:
+        return list(classes)
+    root, split = dataset.get('data_root'), dataset.get('split', 'val')
+    folder = osp.join(root, split) if root else None
+    if folder and osp.isdir(folder) and not osp.isfile(osp.join(root, f'{split}_list.txt')):
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    if cfg.model.get('head', {}).get('num_classes') == 1000:
+        from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
+        return list(IMAGENET_CATEGORIES)
+    return None

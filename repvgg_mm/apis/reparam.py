@@ -16,7 +16,13 @@ from repvgg_mm.checkpoints import (
 from repvgg_mm.fileio import OutputPathError, atomic_open, check_output_paths
 from repvgg_mm.models.reparam import max_logit_difference, reparameterize_model
 
-from .model import build_model, deploy_config, load_weights_into, test_input_size
+from .model import (
+    build_model,
+    checkpoint_meta,
+    deploy_config,
+    load_weights_into,
+    test_input_size,
+)
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -87,6 +93,10 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
     meta = dict(deploy=True, source_checkpoint=osp.abspath(checkpoint), source_format=fmt,
                 source_config=cfg.filename, arch=guess_arch(state_dict),
                 max_rel_diff=report['max_rel_diff'])
+    # keep the class names MMEngine stored, so inference on the fused model names classes
+    dataset_meta = checkpoint_meta(checkpoint).get('dataset_meta')
+    if dataset_meta:
+        meta['dataset_meta'] = dataset_meta
     # both files are complete in temporary files before either is renamed into place
     with atomic_open(out_config, 'w', encoding='utf-8') as config_file:
         config_file.write(dcfg.dump())

@@ -14,6 +14,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from repvgg_mm.models.backbones.repvgg import stage_widths
+from repvgg_mm.models.necks.aux_neck import AUX_NAMES
+
 from .io import CheckpointError
 
 
@@ -88,10 +91,9 @@ class KeyFormat:
 # RepVGGplus in the original code: stages hold their blocks under `blocks`, stage 3 is
 # split, and each aux classifier is a Sequential whose index 0 is conv+BN (our neck)
 # and index 3 the linear layer (our head).
-_AUX = ('stage1_aux', 'stage2_aux', 'stage3_first_aux')
 _REPVGGPLUS_OFFICIAL = tuple(
-    [(f'{aux}.0.', f'neck.{aux}.0.') for aux in _AUX]
-    + [(f'{aux}.3.', f'head.{aux}_fc.') for aux in _AUX]
+    [(f'{aux}.0.', f'neck.{aux}.0.') for aux in AUX_NAMES]
+    + [(f'{aux}.3.', f'head.{aux}_fc.') for aux in AUX_NAMES]
     + [(f'{stage}.', f'backbone.{stage}.') for stage in ('stage3_first', 'stage3_second')]
     + [(f'stage{i}.blocks.', f'backbone.stage{i}.blocks.') for i in (1, 2, 4)])
 
@@ -176,7 +178,8 @@ def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     groups = max(grouped) if grouped else 1
     for cls in (RepVGG, RepVGGplus):
         for name, arch in cls.arch_settings.items():
-            expected = [int(64 * 2**i * w) for i, w in enumerate(arch['width_factor'])]
+            # the named archs are defined at the default base_channels (64)
+            expected = stage_widths(arch['width_factor'])
             arch_se = arch['se_cfg']['placement'] if arch['se_cfg'] else None
             if arch['num_blocks'] == num_blocks and arch['groups'] == groups and \
                     expected == [widths.get(i) for i in range(1, 5)] and arch_se == se:

@@ -18,11 +18,11 @@ def _batchnorm_params(model: nn.Module) -> set:
 def decayed(name: str, param, rule: str = 'original', is_bn: bool = False) -> bool:
     """Whether parameter ``name`` gets weight decay under ``rule``.
 
-    ``'original'`` (the specification's training code, RECIPES.md 3a), in this order: a
+    ``'original'`` (the specification's training code, docs/repvgg.md 3a), in this order: a
     name containing ``identity.weight`` is decayed; any other 1-D parameter or name
     ending in ``.bias`` is not; everything else is.
 
-    ``'paper'`` (the 120-epoch recipe, RECIPES.md 3b): no decay on any BatchNorm
+    ``'paper'`` (the 120-epoch recipe, docs/repvgg.md 3b): no decay on any BatchNorm
     parameter or bias, except the identity branch's BN weight; everything else decayed.
     """
     if rule == 'original':

@@ -17,7 +17,7 @@ class WarmupCosineLR(LRSchedulerMixin, _ParamScheduler):
         lr(t) = peak * t / T_w                         if t < T_w
         lr(t) = 0.5 * peak * (1 + cos(pi * t / T))     otherwise
 
-    exactly the schedule of the original training code (RECIPES.md 3a): the cosine
+    exactly the schedule of the original training code (docs/repvgg.md 3a): the cosine
     runs over all ``T`` steps, warm-up included. Use ``by_epoch=True`` with
     ``convert_to_iter_based=True`` to give ``warmup``, ``begin`` and ``end`` in
     epochs and step every iteration.

@@ -1,4 +1,4 @@
-# The paper's 120-epoch recipe (RECIPES.md 3b): the specification's recipe (the bases
+# The paper's 120-epoch recipe (docs/repvgg.md 3b): the specification's recipe (the bases
 # below, as every configs/repvgg-<arch>.py) with these differences and nothing else:
 # - SGD momentum 0.9 without Nesterov; weight decay 1e-4 with the paper's rule (no decay
 #   on BatchNorm parameters or biases except the identity BN's weight);
@@ -6,7 +6,7 @@
 # - plain cross-entropy (no label smoothing);
 # - test: resize the short side to 256, centre crop 224.
 _base_ = [
-    '../models/repvgg-a0.py',
+    '../models/repvgg.py',
     '../datasets/imagenet_bs32.py',
     '../schedules/imagenet_bs256_300e_coslr.py',
     '../default_runtime.py',

@@ -1,4 +1,4 @@
-# The paper's 200-epoch recipe for B2g4, B3 and B3g4 (RECIPES.md 3b): the 120-epoch
+# The paper's 200-epoch recipe for B2g4, B3 and B3g4 (docs/repvgg.md 3b): the 120-epoch
 # recipe's optimizer and test transform, 200 epochs,
 # AutoAugment, label smoothing 0.1 (kept from the arch config) and mixup.
 # No official script exists for it: mixup alpha 0.2 (the value of the RepVGGplus

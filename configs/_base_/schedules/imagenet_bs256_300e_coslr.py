@@ -1,4 +1,4 @@
-# The specification's schedule (RECIPES.md 3a): SGD, momentum 0.9, Nesterov, weight decay
+# The specification's schedule (docs/repvgg.md 3a): SGD, momentum 0.9, Nesterov, weight decay
 # 1e-4 under the original rule (identity BN weight decayed; other 1-D parameters and
 # biases not), lr 0.1 per 256 images scaled linearly to the real total batch (per-GPU
 # batch x GPUs), per-iteration linear warm-up from 0 over 5 epochs, then cosine to 0

@@ -16,6 +16,13 @@ from ..blocks import RepVGGBlock
 GROUPED_BLOCKS = tuple(range(2, 27, 2))
 
 
+def stage_widths(width_factor: Sequence[float], base_channels: int = 64) -> List[int]:
+    """Output channels of stages 1-4: ``base * 2**i * width_factor[i]``, truncated to
+    int as the original code does (``64a, 128a, 256a, 512b`` at the default base). The
+    stem has ``min(base, widths[0])``."""
+    return [int(base_channels * 2**i * w) for i, w in enumerate(width_factor)]
+
+
 def _arch(num_blocks, width_factor, groups=1, se_cfg=None) -> dict:
     return dict(num_blocks=list(num_blocks), width_factor=list(width_factor),
                 groups=groups, se_cfg=se_cfg)
@@ -100,8 +107,7 @@ class RepVGG(BaseBackbone):
             raise ValueError(f'strides and dilations need {self.num_stages + 1} entries '
                              f'(stem + {self.num_stages} stages), got {list(strides)} '
                              f'and {list(dilations)}')
-        widths = [int(base_channels * 2**i * w)
-                  for i, w in enumerate(self.arch['width_factor'])]
+        widths = stage_widths(self.arch['width_factor'], base_channels)
         layout = self._stage_layout(widths, strides[1:], dilations[1:])
         if not -1 <= frozen_stages <= len(layout):
             raise ValueError(f'frozen_stages must be in [-1, {len(layout)}], '

@@ -1,5 +1,6 @@
-# RepVGG-A0 classifier: backbone -> global average pool -> linear (the original's
-# classifier). Other archs override `backbone.arch` and `head.in_channels` (512 * b).
+# The RepVGG classifier every configs/repvgg-<arch>.py inherits: backbone -> global
+# average pool -> linear (the original's classifier). An arch config sets `backbone.arch`
+# and `head.in_channels` (the last stage's width, 512 * b); the values here are A0's.
 # Loss: the specification's label smoothing 0.1, the original formula
 # (1 - 0.1) * NLL(target) + 0.1 * mean over classes of -log p.
 model = dict(

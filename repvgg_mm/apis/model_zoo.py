@@ -1,0 +1,153 @@
+"""The model zoo: models by name from the metafile(s), the MMPretrain way.
+
+``configs/metafile.yml`` follows MMPretrain's ``metafile.yml`` convention (a
+``Collections`` list and a ``Models`` list whose entries name a ``Config``, their
+``Metadata`` -- parameters, FLOPs --, published ``Results`` and ``Weights``). Every
+arch is listed twice: ``repvgg-a0`` (training-time structure) and ``repvgg-a0_deploy``
+(the fused structure, ``Metadata.Deploy: true``).
+"""
+import copy
+import difflib
+import fnmatch
+import glob
+import os.path as osp
+from functools import lru_cache
+from typing import Dict, List, Optional, Union
+
+import torch.nn as nn
+import yaml
+from mmengine.config import Config
+
+from repvgg_mm.checkpoints import is_fused, read_state_dict
+from repvgg_mm.models.reparam import reparameterize_model
+
+from .model import (
+    build_model,
+    checkpoint_meta,
+    config_class_names,
+    deploy_config,
+    load_weights_into,
+)
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')
+
+
+def _metafiles() -> List[str]:
+    files = sorted(glob.glob(osp.join(CONFIG_ROOT, '**', 'metafile.yml'), recursive=True))
+    if not files:
+        raise FileNotFoundError(
+            f'no metafile.yml under {CONFIG_ROOT!r}: the model zoo needs the repository '
+            'checkout (pip install -e . from a clone)')
+    return files
+
+
+def model_index() -> Dict[str, dict]:
+    """Every model entry of the metafiles, by lower-case name."""
+    index: Dict[str, dict] = {}
+    for path in _metafiles():
+        with open(path) as f:
+            content = yaml.safe_load(f) or {}
+        for entry in content.get('Models', []):
+            name = entry.get('Name')
+            if not name or 'Config' not in entry:
+                raise ValueError(f'{path}: every model needs a Name and a Config, got {entry}')
+            if name.lower() in index:
+                raise ValueError(f'{path}: model {name!r} is listed twice')
+            index[name.lower()] = dict(entry, metafile=path)
+    return index
+
+
+def list_models(pattern: Optional[str] = None) -> List[str]:
+    """Names of the models in the zoo, sorted.
+
+    Args:
+        pattern (str, optional): A shell-style wildcard (``'repvgg-b*'``,
+            ``'*_deploy'``), case-insensitive. Defaults to None (all).
+
+    Returns:
+        list[str]: the matching names, usable with :func:`get_model`.
+    """
+    names = sorted(model_index())
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]
+    return names
+
+
+@lru_cache(maxsize=None)
+def _zoo_config(path: str) -> Config:
+    # a name and its _deploy twin share a config: parse it once (callers copy it)
+    return Config.fromfile(path)
+
+
+def _resolve(name_or_config: Union[str, Config]) -> tuple:
+    """``(config, deploy-by-name)`` of a model name, config path or Config."""
+    if isinstance(name_or_config, Config):
+        return copy.deepcopy(name_or_config), False
+    if not isinstance(name_or_config, str):
+        raise TypeError(f'expected a model name, a config path or a Config, got '
+                        f'{type(name_or_config).__name__}')
+    if name_or_config.endswith('.py') or osp.isfile(name_or_config):
+        from repvgg_mm.cli import load_config
+        return load_config(name_or_config), False
+    index = model_index()
+    entry = index.get(name_or_config.lower())
+    if entry is None:
+        close = difflib.get_close_matches(name_or_config.lower(), list(index), n=5,
+                                          cutoff=0.5)
+        hint = f'close matches: {", ".join(close)}' if close else \
+            f'known: {", ".join(sorted(index))}'
+        raise ValueError(f'unknown model name {name_or_config!r} (neither a zoo name nor '
+                         f'a config file); {hint}')
+    cfg = copy.deepcopy(_zoo_config(osp.join(REPO_ROOT, entry['Config'])))
+    return cfg, bool(entry.get('Metadata', {}).get('Deploy', False))
+
+
+def get_model(name_or_config: Union[str, Config], checkpoint: Optional[str] = None,
+              deploy: bool = False, device: str = 'cpu') -> nn.Module:
+    """A ready-to-run classifier in eval mode, by zoo name or config.
+
+    Args:
+        name_or_config (str | Config): A name of :func:`list_models` (``'repvgg-a0'``,
+            ``'repvgg-a0_deploy'``), a config file or a :class:`Config`.
+        checkpoint (str, optional): Weights in any format the project reads (ours,
+            the original code's, MMPretrain's, timm's; training-time or fused). A
+            fused checkpoint gives the fused model; a training-time one is loaded
+            strictly and, with ``deploy``, fused afterwards. Defaults to None
+            (random initialisation).
+        deploy (bool): Return the fused (inference-time) structure. Names ending in
+            ``_deploy`` imply it. Defaults to False.
+        device (str): Where to put the model. Defaults to ``'cpu'``.
+
+    Returns:
+        nn.Module: the model, with ``_config`` (its config, for the test pipeline)
+        and ``_dataset_meta`` (``classes``: from the checkpoint's meta when present,
+        else from the config's data set, else None) as MMPretrain's ``get_model`` sets.
+    """
+    cfg, deploy_by_name = _resolve(name_or_config)
+    deploy = deploy or deploy_by_name
+    dataset_meta = None
+    if checkpoint is None:
+        model = build_model(deploy_config(cfg) if deploy else cfg)
+    else:
+        state_dict, _ = read_state_dict(checkpoint)
+        if is_fused(state_dict):
+            deploy = True
+            model = build_model(deploy_config(cfg))
+            load_weights_into(model, state_dict, checkpoint)
+        else:
+            model = build_model(cfg)
+            load_weights_into(model, state_dict, checkpoint)
+            if deploy:
+                model = reparameterize_model(model.eval())
+        dataset_meta = checkpoint_meta(checkpoint).get('dataset_meta')
+    if not dataset_meta or not dataset_meta.get('classes'):
+        dataset_meta = dict(classes=config_class_names(cfg))
+    classes, num_classes = dataset_meta['classes'], cfg.model.get('head', {}).get('num_classes')
+    if classes and num_classes and len(classes) != num_classes:
+        raise ValueError(f'{len(classes)} class names (from '
+                         f"{'the checkpoint' if checkpoint else 'the config data set'}) for "
+                         f'a model with model.head.num_classes={num_classes}')
+    model._config = deploy_config(cfg) if deploy else cfg
+    model._dataset_meta = dataset_meta
+    return model.to(device).eval()
