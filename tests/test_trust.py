@@ -2,6 +2,7 @@
 tool destroys its inputs, weights that do not fit (or are not finite) never train or
 evaluate silently, and every error is one line naming the file, key, line or value."""
 import hashlib
+import os
 import os.path as osp
 import resource
 import shutil
@@ -86,12 +87,14 @@ def test_no_tool_runs_code_from_a_checkpoint(trained, tiny_data, tmp_path):
     plain = plant_code_strings(trained, tmp_path / 'plain.pth', plain_marker)
     crafted = plant_crafted_checkpoint(tmp_path / 'crafted.pth', pickle_marker)
     data = tiny_options(tiny_data)
+    image = osp.join(tiny_data, 'val', 'disk', os.listdir(osp.join(tiny_data, 'val', 'disk'))[0])
     for ckpt in (plain, crafted):
         runs = {
             'test': ('test.py', DEMO_CONFIG, ckpt, '--work-dir', tmp_path / 't',
                      '--cfg-options', *data),
             'reparam': ('reparam.py', DEMO_CONFIG, ckpt, tmp_path / f'{ckpt.stem}_d.pth'),
             'convert': ('convert_checkpoint.py', ckpt, tmp_path / f'{ckpt.stem}_c.pth'),
+            'infer': ('infer.py', DEMO_CONFIG, ckpt, image),
             'load_from': ('train.py', DEMO_CONFIG, '--work-dir', tmp_path / 'l',
                           '--cfg-options', *data, f'load_from={ckpt}'),
             'resume': ('train.py', DEMO_CONFIG, '--work-dir', tmp_path / 'r',
