@@ -95,3 +95,13 @@ class RepVGGRunner(Runner):
                 self._load_from = found
                 self.logger.info(f'Auto resumed from the latest complete checkpoint {found}.')
         return super().load_or_resume()
+
+    @staticmethod
+    def build_dataloader(dataloader, seed: Optional[int] = None,
+                         diff_rank_seed: bool = False):
+        """A loader config with a ``type`` (e.g. ``GPUDecodeLoader``) builds that loader
+        from ``repvgg_mm.registry.DATA_LOADERS``; anything else is MMEngine's."""
+        if isinstance(dataloader, dict) and 'type' in dataloader:
+            from repvgg_mm.datasets.gpu_loader import build_loader
+            return build_loader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        return Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
