@@ -1,4 +1,5 @@
 """The GPU-decoding train loader, exercised on the CPU (same code, CPU decoder)."""
+import json
 import os.path as osp
 import shutil
 from unittest import mock
@@ -7,6 +8,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
+from conftest import DEMO_CONFIG, ROOT, python_tool
 from mmengine.config import Config
 from PIL import Image
 from torchvision.io import decode_jpeg
@@ -18,9 +20,7 @@ from repvgg_mm.datasets.gpu_augment import (
     sample_seed,
 )
 from repvgg_mm.datasets.gpu_loader import build_loader
-from repvgg_mm.datasets.synthetic_imagenet import draw_photo
-
-from conftest import ROOT, python_tool
+from repvgg_mm.datasets.synthetic_imagenet import draw_photo, make_synthetic_imagenet
 
 GPU_DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'repvgg-a0_gpudecode_demo.py')
 
@@ -121,8 +121,9 @@ def test_resize_agrees_with_the_cpu_pipeline(tmp_path):
                                     backend='pillow'), 'horizontal')
     ref = torch.from_numpy(ref[..., ::-1].copy()).permute(2, 0, 1)  # RGB
     diff = (ours.float() - ref.float()).abs()
-    assert diff.mean() < 2.0, diff.mean()
-    assert diff.max() < 40
+    # the same crop shifted by 8 px differs by ~30 grey levels on average
+    assert diff.mean() < 1.0, diff.mean()
+    assert diff.max() <= 3
 
 
 @pytest.fixture
@@ -194,3 +195,40 @@ def test_train_one_epoch_with_the_gpu_decode_config(tiny_data, tmp_path):
     logs = ''.join(p.read_text() for p in work_dir.rglob('*.log'))
     assert 'Epoch(train) [1][4/4]' in logs and 'loss:' in logs
     assert 'accuracy/top1' in logs
+
+
+@pytest.mark.slow
+def test_synthetic_imagenet_and_train_speed_tool(tmp_path):
+    """The synthetic set has ImageNet's layout and file sizes; train_speed.py trains both
+    loaders and the model alone through the Runner and prints one JSON line each."""
+    root = tmp_path / 'synthetic'
+    info = make_synthetic_imagenet(str(root), images=20, val_images=0, classes=10)
+    assert info['train'] == 20 and 40 < info['mean_kb'] < 200
+    lines = (root / 'train_list.txt').read_text().splitlines()
+    assert len(lines) == 20 and len({line.split('/')[1] for line in lines}) == 10
+    with Image.open(root / lines[0].rsplit(' ', 1)[0]) as img:
+        assert img.format == 'JPEG' and min(img.size) >= 300
+    out = python_tool('analysis/train_speed.py', DEMO_CONFIG, GPU_DEMO_CONFIG,
+                      '--data-root', str(root), '--model-only', '--iters', '2',
+                      '--warmup', '1', '--batch-size', '4')
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+    assert [r['run'] for r in results] == [DEMO_CONFIG, GPU_DEMO_CONFIG, 'model-only']
+    assert [r['loader'] for r in results] == ['DataLoader', 'GPUDecodeLoader',
+                                              'fixed batch on device']
+    for r in results:
+        assert r['images'] == 8 and r['imgs_per_s'] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_gpu_and_cpu_paths_agree(tiny_data):
+    batches = {}
+    for device in ('cpu', 'cuda'):
+        loader = build_loader(shipped_loader_cfg(tiny_data, device=device, batch_size=16),
+                              seed=0)
+        batches[device] = epoch_batches(loader, 0)
+    for a, b in zip(batches['cpu'], batches['cuda']):
+        assert b['inputs'].is_cuda
+        assert [s.sample_idx for s in a['data_samples']] == \
+            [s.sample_idx for s in b['data_samples']]
+        assert (a['inputs'].float() - b['inputs'].cpu().float()).abs().mean() < 3

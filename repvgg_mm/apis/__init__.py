@@ -13,7 +13,8 @@ from .reparam import DEFAULT_TOLERANCE, reparameterize_checkpoint
 from .schedule import iters_per_epoch, param_group_table, scaled_lr, simulate_lr
 from .train_speed import compare_train_speed
 
-__all__ = ['DEFAULT_TOLERANCE', 'build_model', 'compare_throughput', 'compare_train_speed', 'deploy_config',
+__all__ = ['DEFAULT_TOLERANCE', 'build_model', 'compare_throughput', 'compare_train_speed',
+           'deploy_config',
            'iters_per_epoch', 'load_checkpoint_into', 'load_weights_into',
            'param_group_table', 'reparameterize_checkpoint', 'scaled_lr', 'simulate_lr',
            'split_logits', 'test_input_size']

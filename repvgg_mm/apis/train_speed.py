@@ -97,13 +97,26 @@ def _speed_config(cfg: Config, data_root: str, batch_size: Optional[int],
     return cfg
 
 
+def _train_input_size(cfg: Config) -> int:
+    """The training crop size: the loader's ``crop_size``, or the last crop of the
+    train pipeline."""
+    loader = cfg.train_dataloader
+    if loader.get('crop_size'):
+        return int(loader.crop_size)
+    for step in reversed(loader.dataset.get('pipeline') or []):
+        for key in ('crop_size', 'scale'):
+            if isinstance(step.get(key), int):
+                return step[key]
+    return 224
+
+
 def _run(cfg: Config, warmup: int, iters: int, fixed_batch: bool) -> Tuple[float, int]:
     """Build the runner, train until the probe stops it; (seconds, images) timed."""
     from repvgg_mm.cli import build_runner
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     fixed = None
     if fixed_batch:
-        size = cfg.train_dataloader.get('crop_size', 224)
+        size = _train_input_size(cfg)
         gen = torch.Generator().manual_seed(0)
         batch_size = cfg.train_dataloader.batch_size
         inputs = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
