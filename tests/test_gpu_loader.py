@@ -189,7 +189,6 @@ def test_train_one_epoch_with_the_gpu_decode_config(tiny_data, tmp_path):
                 *[f'{s}_dataloader.dataset.data_root={tiny_data}'
                   for s in ('train', 'val', 'test')],
                 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=16',
-                'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
                 'default_hooks.logger.interval=1')
     assert (work_dir / 'epoch_1.pth').is_file()
     logs = ''.join(p.read_text() for p in work_dir.rglob('*.log'))

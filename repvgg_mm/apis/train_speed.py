@@ -4,6 +4,7 @@ on a batch already on the device (the ceiling any loader can reach)."""
 import copy
 import gc
 import shutil
+import statistics
 import tempfile
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -154,8 +155,8 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
                         iters: int = 20, warmup: int = 5, batch_size: Optional[int] = None,
                         num_workers: Optional[int] = None, amp: bool = False,
                         channels_last: bool = False, model_only: Sequence[bool] = (),
-                        ) -> List[dict]:
-    """Training images/s of each run, measured one after the other in this process.
+                        rounds: int = 1) -> List[dict]:
+    """Training images/s of each run, measured in turn in this process.
 
     Args:
         runs: ``(name, config, compile)`` per end-to-end measurement.
@@ -165,29 +166,39 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
         amp: bf16 autocast (``AmpOptimWrapper``). channels_last: model and batches.
         model_only: For each value (compile or not), one more measurement of the
             first config's model training on one batch already on the device.
+        rounds: Measure every run this many times, taking turns (so that a drift of a
+            shared machine hits all runs alike); the median round counts.
 
     Returns:
-        list[dict]: ``run``, ``imgs_per_s``, ``seconds``, ``images`` and settings.
+        list[dict]: ``run``, ``imgs_per_s`` (median), ``rounds_imgs_per_s``,
+        ``images`` per round and the settings.
     """
     plan = [(name, cfg, comp, False) for name, cfg, comp in runs]
     plan += [('model-only' + (' + compile' if comp else ''), runs[0][1], comp, True)
              for comp in model_only]
+    speeds: List[List[float]] = [[] for _ in plan]
+    images_per_round: List[int] = [0] * len(plan)
+    for _ in range(rounds):
+        for k, (name, cfg, comp, fixed) in enumerate(plan):
+            work_dir = tempfile.mkdtemp(prefix='train_speed_')
+            try:
+                run_cfg = _speed_config(cfg, data_root, batch_size, num_workers, amp,
+                                        channels_last, comp, work_dir)
+                seconds, images_per_round[k] = _run(run_cfg, warmup, iters, fixed)
+            finally:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            speeds[k].append(images_per_round[k] / seconds)
     results = []
-    for name, cfg, comp, fixed in plan:
-        work_dir = tempfile.mkdtemp(prefix='train_speed_')
-        try:
-            run_cfg = _speed_config(cfg, data_root, batch_size, num_workers, amp,
-                                    channels_last, comp, work_dir)
-            seconds, images = _run(run_cfg, warmup, iters, fixed)
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        loader = run_cfg.train_dataloader
+    for k, (name, cfg, comp, fixed) in enumerate(plan):
+        loader = cfg.train_dataloader
         results.append(dict(
-            run=name, imgs_per_s=images / seconds, seconds=seconds, images=images,
-            batch_size=cfg.train_dataloader.batch_size if batch_size is None else batch_size,
+            run=name, imgs_per_s=statistics.median(speeds[k]), rounds_imgs_per_s=speeds[k],
+            images=images_per_round[k], iters=iters, warmup=warmup,
+            batch_size=loader.batch_size if batch_size is None else batch_size,
             loader='fixed batch on device' if fixed else loader.get('type', 'DataLoader'),
-            num_workers=None if fixed else loader.num_workers, amp='bf16' if amp else 'none',
-            channels_last=channels_last, compile=comp,
+            num_workers=None if fixed else (loader.num_workers if num_workers is None
+                                            else num_workers),
+            amp='bf16' if amp else 'none', channels_last=channels_last, compile=comp,
             device=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
             torch=torch.__version__, threads=torch.get_num_threads()))
     return results

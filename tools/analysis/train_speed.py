@@ -2,7 +2,8 @@
 
     python tools/analysis/train_speed.py CONFIG [CONFIG ...] --data-root R
         [--compiled CONFIG ...] [--model-only] [--iters N] [--warmup W]
-        [--batch-size B] [--workers K] [--amp] [--channels-last] [--cfg-options ...]
+        [--batch-size B] [--workers K] [--amp] [--channels-last] [--rounds R]
+        [--cfg-options ...]
 
 Each CONFIG trains for W untimed + N timed iterations through the Runner on the
 ImageNet-layout folder R (e.g. from make_synthetic_imagenet.py), data loading included;
@@ -33,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='also measure the model on a batch already on the device')
     parser.add_argument('--iters', type=int, default=20, help='timed iterations')
     parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='measure every run this many times, taking turns; the median '
+                        'counts (for shared, noisy machines)')
     parser.add_argument('--batch-size', type=int, help='per-process batch (default: config)')
     parser.add_argument('--workers', type=int, help='loader workers (default: config)')
     parser.add_argument('--amp', action='store_true', help='bf16 mixed precision (GPU)')
@@ -55,7 +59,8 @@ def main() -> int:
     results = compare_train_speed(
         runs, args.data_root, iters=args.iters, warmup=args.warmup,
         batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
-        channels_last=args.channels_last, model_only=model_only)
+        channels_last=args.channels_last, model_only=model_only,
+        rounds=args.rounds)
     base = results[0]['imgs_per_s']
     width = max(len(r['run']) for r in results) + 2
     print(f"{'run':<{width}}{'images/s':>12}{'ratio':>8}")
