@@ -2,6 +2,7 @@
 import json
 import os.path as osp
 import shutil
+from types import SimpleNamespace
 from unittest import mock
 
 import mmcv
@@ -14,6 +15,7 @@ from PIL import Image
 from torchvision.io import decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
+from repvgg_mm.apis import build_model
 from repvgg_mm.datasets.gpu_augment import (
     crop_resize_flip,
     random_resized_crop_box,
@@ -21,6 +23,7 @@ from repvgg_mm.datasets.gpu_augment import (
 )
 from repvgg_mm.datasets.gpu_loader import build_loader
 from repvgg_mm.datasets.synthetic_imagenet import draw_photo, make_synthetic_imagenet
+from repvgg_mm.engine import ChannelsLastHook
 
 GPU_DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'repvgg-a0_gpudecode_demo.py')
 
@@ -231,3 +234,22 @@ def test_gpu_and_cpu_paths_agree(tiny_data):
         assert [s.sample_idx for s in a['data_samples']] == \
             [s.sample_idx for s in b['data_samples']]
         assert (a['inputs'].float() - b['inputs'].cpu().float()).abs().mean() < 3
+
+
+def test_speed_options_compose_with_the_gpu_decode_config(tmp_path):
+    cfg_path = tmp_path / 'fast.py'
+    configs = osp.join(ROOT, 'configs')
+    cfg_path.write_text(f"_base_ = ['{configs}/repvgg-a0_gpudecode.py', "
+                        f"'{configs}/_base_/options/channels_last.py', "
+                        f"'{configs}/_base_/options/compile.py']\n")
+    cfg = Config.fromfile(str(cfg_path))
+    assert cfg.compile is True
+    assert [h['type'] for h in cfg.custom_hooks] == ['ChannelsLastHook']
+    loader = cfg.train_dataloader
+    assert loader.type == 'GPUDecodeLoader' and 'pipeline' not in loader.dataset
+    assert (loader.crop_size, tuple(loader.scale), loader.flip_prob) == (224, (0.08, 1.0), 0.5)
+    model = build_model(cfg)
+    ChannelsLastHook().before_run(SimpleNamespace(model=model, logger=mock.Mock()))
+    weight = model.backbone.stage0.rbr_dense.conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
