@@ -42,7 +42,7 @@ def _write_one(job: Tuple[str, str, int, int]) -> int:
     return osp.getsize(path)
 
 
-def make_synthetic_imagenet(root: str, images: int = 20000, val_images: int = 1000,
+def make_synthetic_imagenet(root: str, images: int = 20000, val_images: int = 0,
                             classes: int = 1000, seed: int = 0,
                             workers: int = 1) -> Dict[str, float]:
     """Write ``root/{train,val}/<class>/<class>_<i>.JPEG`` and ``{train,val}_list.txt``.
@@ -60,7 +60,7 @@ def make_synthetic_imagenet(root: str, images: int = 20000, val_images: int = 10
     for split, count, may_be_empty in (('train', images, False), ('val', val_images, True)):
         if count < classes and not (may_be_empty and count == 0):
             raise ValueError(f'{split}: {count} images cannot fill {classes} class folders; '
-                             f'give at least {classes} (or 0 val images)')
+                             f'give at least {classes}' + (' (or 0)' if may_be_empty else ''))
     total_bytes, written = 0, 0
     result: Dict[str, float] = dict(train=0, val=0)
     for split_index, (split, count) in enumerate((('train', images), ('val', val_images))):

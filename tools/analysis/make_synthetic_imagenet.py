@@ -11,7 +11,9 @@ import argparse
 import json
 import os
 import os.path as osp
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
@@ -21,7 +23,7 @@ from repvgg_mm.datasets.synthetic_imagenet import make_synthetic_imagenet  # noq
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Write an ImageNet-like JPEG folder')
-    parser.add_argument('root', help='folder to write (created; must not hold list files)')
+    parser.add_argument('root', help='folder to write (new or empty)')
     parser.add_argument('--images', type=int, default=20000, help='training images')
     parser.add_argument('--val-images', type=int, default=0, help='validation images')
     parser.add_argument('--classes', type=int, default=1000)
@@ -33,16 +35,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    parent = osp.dirname(osp.abspath(args.root))
+    root = osp.abspath(args.root)
+    parent = osp.dirname(root)
     if not osp.isdir(parent) or not os.access(parent, os.W_OK):
         raise OSError(f'cannot create {args.root!r}: {parent!r} is not a writable folder')
-    for split in ('train', 'val'):
-        if osp.exists(osp.join(args.root, f'{split}_list.txt')):
-            raise FileExistsError(f'{osp.join(args.root, split + "_list.txt")!r} exists: '
-                                  'ROOT already holds a data set; choose an empty folder')
-    result = make_synthetic_imagenet(args.root, images=args.images,
-                                     val_images=args.val_images, classes=args.classes,
-                                     seed=args.seed, workers=args.workers)
+    if osp.exists(root) and (not osp.isdir(root) or os.listdir(root)):
+        raise FileExistsError(f'{args.root!r} exists and is not an empty folder')
+    # written next to ROOT and renamed when complete: an interrupted run leaves nothing
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(root)}.', dir=parent)
+    try:
+        result = make_synthetic_imagenet(tmp, images=args.images,
+                                         val_images=args.val_images, classes=args.classes,
+                                         seed=args.seed, workers=args.workers)
+        if osp.isdir(root):
+            os.rmdir(root)  # empty, checked above
+        os.rename(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(json.dumps(dict(root=args.root, **result)))
     return 0
 
