@@ -42,3 +42,6 @@ VISBACKENDS = _child(mmpretrain_registry.VISBACKENDS, LOCATIONS)
 # BATCH_AUGMENTS and TOKENIZER have no parent in MMEngine; ours are children of
 # MMPretrain's so that Mixup/CutMix resolve under our scope too.
 BATCH_AUGMENTS = _child(mmpretrain_registry.BATCH_AUGMENTS, LOCATIONS)
+# Training loaders that replace MMEngine's DataLoader when a config names one by
+# ``type`` (e.g. ``GPUDecodeLoader``); RepVGGRunner.build_dataloader builds them.
+DATA_LOADERS = Registry('data loader', scope=SCOPE, locations=LOCATIONS)

@@ -18,11 +18,12 @@ from .model import (
 from .model_zoo import get_model, list_models, model_index
 from .reparam import DEFAULT_TOLERANCE, reparameterize_checkpoint
 from .schedule import iters_per_epoch, param_group_table, scaled_lr, simulate_lr
+from .train_speed import compare_train_speed
 
 __all__ = ['DEFAULT_TOLERANCE', 'RepVGGInferencer', 'build_model', 'checkpoint_meta',
-           'compare_throughput', 'config_class_names', 'config_complexity', 'deploy_config',
-           'format_flops', 'get_model', 'inference_model', 'iters_per_epoch',
-           'list_models', 'load_checkpoint_into', 'load_weights_into', 'model_complexity',
-           'model_index', 'param_group_table', 'plot_training_curves',
-           'reparameterize_checkpoint', 'scaled_lr', 'simulate_lr', 'split_logits',
-           'test_input_size', 'top_k']
+           'compare_throughput', 'compare_train_speed', 'config_class_names',
+           'config_complexity', 'deploy_config', 'format_flops', 'get_model',
+           'inference_model', 'iters_per_epoch', 'list_models', 'load_checkpoint_into',
+           'load_weights_into', 'model_complexity', 'model_index', 'param_group_table',
+           'plot_training_curves', 'reparameterize_checkpoint', 'scaled_lr', 'simulate_lr',
+           'split_logits', 'test_input_size', 'top_k']

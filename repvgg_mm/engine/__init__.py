@@ -4,9 +4,10 @@ from .hooks import DataModelCheckHook, EpochSeedHook, NonFiniteLossHook
 from .optim import RepVGGOptimWrapperConstructor, decayed
 from .runner import RepVGGRunner, find_resumable_checkpoint
 from .schedulers import WarmupCosineLR
+from .speed_hooks import ChannelsLastHook
 from .visualization import TensorboardVisBackend
 
-__all__ = ['DataModelCheckHook', 'EpochSeedHook', 'NonFiniteLossHook',
+__all__ = ['ChannelsLastHook', 'DataModelCheckHook', 'EpochSeedHook', 'NonFiniteLossHook',
            'RepVGGOptimWrapperConstructor', 'RepVGGRunner', 'TensorboardVisBackend',
            'WarmupCosineLR', 'decayed',
            'find_resumable_checkpoint']

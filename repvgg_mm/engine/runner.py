@@ -247,3 +247,13 @@ class RepVGGRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+    @staticmethod
+    def build_dataloader(dataloader, seed: Optional[int] = None,
+                         diff_rank_seed: bool = False):
+        """A loader config with a ``type`` (e.g. ``GPUDecodeLoader``) builds that loader
+        from ``repvgg_mm.registry.DATA_LOADERS``; anything else is MMEngine's."""
+        if isinstance(dataloader, dict) and 'type' in dataloader:
+            from repvgg_mm.datasets.gpu_loader import build_loader
+            return build_loader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        return Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
