@@ -2,7 +2,13 @@
 ONNX and quantize to INT8, evaluate, benchmark, inspect schedules."""
 from .benchmark import compare_throughput
 from .evaluate import split_logits
-from .export import export_onnx, image_batches, onnx_top1, require_deploy_packages
+from .export import (
+    compare_onnx_with_pytorch,
+    export_onnx,
+    image_batches,
+    onnx_top1,
+    require_deploy_packages,
+)
 from .model import (
     build_model,
     deploy_config,
@@ -14,7 +20,8 @@ from .quantize import quantize_onnx
 from .reparam import DEFAULT_TOLERANCE, load_fused_model, reparameterize_checkpoint
 from .schedule import iters_per_epoch, param_group_table, scaled_lr, simulate_lr
 
-__all__ = ['DEFAULT_TOLERANCE', 'build_model', 'compare_throughput', 'deploy_config',
+__all__ = ['DEFAULT_TOLERANCE', 'build_model', 'compare_onnx_with_pytorch',
+           'compare_throughput', 'deploy_config',
            'export_onnx', 'image_batches', 'iters_per_epoch', 'load_checkpoint_into',
            'load_fused_model', 'load_weights_into', 'onnx_top1', 'quantize_onnx',
            'require_deploy_packages',

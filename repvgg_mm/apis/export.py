@@ -283,3 +283,37 @@ def onnx_top1(onnx_path: str, cfg: Config, split: str = 'test') -> float:
     """Top-1 accuracy (%) of an exported model (e.g. written by :func:`export_onnx`) on
     a config's ``split``, its test set by default; see :func:`evaluate_onnx`."""
     return evaluate_onnx(onnx_path, cfg, split)['top1']
+
+
+@torch.no_grad()
+def compare_onnx_with_pytorch(onnx_path: str, cfg: Config, checkpoint: str,
+                              split: str = 'test') -> dict:
+    """Evaluate an exported model and the fused PyTorch model of ``checkpoint`` on the
+    same images of a config's ``split``.
+
+    Returns:
+        dict: ``images``, ``onnx_top1`` and ``pytorch_top1`` (%), ``agreement`` (the
+        fraction of images with the same top-1 prediction) and ``max_abs_diff`` (of the
+        logits).
+    """
+    model = load_fused_model(cfg, checkpoint)['fused']
+    session = ort_session(onnx_path)
+    raw = onnx_input_kind(onnx_path) == 'raw'
+    mean, std = normalization_of(cfg) if raw else (None, None)
+    reference = LogitsModel(model, mean, std).eval()
+    totals = dict(images=0, onnx=0, pytorch=0, agree=0)
+    max_abs = 0.0
+    for images, labels in image_batches(cfg, split, normalized=not raw):
+        got = session.run(None, {'input': images})[0]
+        expected = reference(torch.from_numpy(images)).numpy()
+        max_abs = max(max_abs, float(np.abs(got - expected).max()))
+        totals['images'] += len(labels)
+        totals['onnx'] += int((got.argmax(1) == labels).sum())
+        totals['pytorch'] += int((expected.argmax(1) == labels).sum())
+        totals['agree'] += int((got.argmax(1) == expected.argmax(1)).sum())
+    n = totals['images']
+    if n == 0:
+        raise ValueError(f'the {split} split of config {cfg.filename!r} has no images')
+    return dict(images=n, onnx_top1=100.0 * totals['onnx'] / n,
+                pytorch_top1=100.0 * totals['pytorch'] / n,
+                agreement=totals['agree'] / n, max_abs_diff=max_abs)
