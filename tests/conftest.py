@@ -1,5 +1,8 @@
+import contextlib
+import io
 import os
 import os.path as osp
+import runpy
 import socket
 import subprocess
 import sys
@@ -91,3 +94,20 @@ def plant_crafted_checkpoint(path, marker):
     """Write a checkpoint whose unpickling would create ``marker`` (code execution)."""
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'x': _RunsCode(marker)}, path)
     return path
+
+
+def tool_in_process(tool, *args):
+    """Run a tool's ``__main__`` in this process (as ``python tools/TOOL ARGS`` would,
+    without the start-up cost of a new interpreter); returns (status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = [tool, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(f'{ROOT}/tools/{tool}', run_name='__main__')
+        status = 0
+    except SystemExit as exc:
+        status = exc.code or 0
+    finally:
+        sys.argv = argv
+    return status, out.getvalue(), err.getvalue()
