@@ -114,7 +114,7 @@ def test_export_tool_and_onnx_top1_match_pytorch(demo_checkpoint, tiny_data, tmp
         cfg[f'{split}_dataloader'].dataset.data_root = tiny_data
     comparison = compare_onnx_with_pytorch(str(out), cfg, demo_checkpoint)
     assert comparison['images'] == 30 and comparison['agreement'] == 1.0
-    assert comparison['onnx_top1'] == comparison['pytorch_top1'] == onnx_top1(str(out), cfg)
+    assert comparison['onnx_top1'] == comparison['pytorch_top1']
     assert onnx_top1(str(raw), cfg) == comparison['onnx_top1']
     # the raw-input model gives the same logits on un-normalised images
     images, _ = next(image_batches(cfg, 'test', normalized=True))

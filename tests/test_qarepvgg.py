@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, python_tool, randomize_bn
+from conftest import ROOT, randomize_bn, tool_in_process
 from mmengine.config import Config
 
 from repvgg_mm.apis import build_model, load_checkpoint_into
@@ -107,9 +107,9 @@ def test_reparam_tool_on_qarepvgg_and_arch_hint(tmp_path):
     ckpt = tmp_path / 'qa.pth'
     torch.save({'state_dict': model.state_dict()}, ckpt)
     out = tmp_path / 'qa_deploy.pth'
-    result = python_tool('reparam.py', f'{ROOT}/configs/demo/qarepvgg-a0_demo.py',
-                         str(ckpt), str(out))
-    assert 'verified' in result.stdout and out.exists()
+    status, stdout, stderr = tool_in_process(
+        'reparam.py', f'{ROOT}/configs/demo/qarepvgg-a0_demo.py', str(ckpt), str(out))
+    assert status == 0 and 'verified' in stdout and out.exists(), stderr
     fused = torch.load(out, weights_only=True)['state_dict']
     assert not any('.bn.' in k or 'rbr_1x1' in k for k in fused)
     # a QARepVGG checkpoint loaded into the RepVGG model: the error names the variant

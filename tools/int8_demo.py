@@ -41,12 +41,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_tool(*args: str) -> str:
-    """Run one of our tools with this interpreter; return its stdout, stop if it fails."""
+def run_tool(*args: str, capture: bool = True) -> str:
+    """Run one of our tools with this interpreter; return its stdout (shown after it
+    ends when captured, live otherwise), stop if it fails."""
     cmd = [sys.executable, *args]
     print('$ ' + ' '.join(cmd[1:]), flush=True)
-    result = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    print(result.stdout[-2000:], end='', flush=True)
+    result = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE if capture else None,
+                            text=True)
+    if capture:
+        print(result.stdout[-2000:], end='', flush=True)
     if result.returncode != 0:
         raise RuntimeError(f'{args[0]} failed with exit status {result.returncode}')
     return result.stdout
@@ -62,7 +65,8 @@ def run_one(name: str, config: str, args: argparse.Namespace) -> dict:
     data = [f'{s}_dataloader.dataset.data_root={args.data_root}'
             for s in ('train', 'val', 'test')]
     run_tool('tools/train.py', config, '--work-dir', work_dir, '--cfg-options', *data,
-             f'train_cfg.max_epochs={args.epochs}', f'param_scheduler.end={args.epochs}')
+             f'train_cfg.max_epochs={args.epochs}', f'param_scheduler.end={args.epochs}',
+             capture=False)
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
     fp32 = osp.join(work_dir, 'model_fp32.onnx')

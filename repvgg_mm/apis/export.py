@@ -8,6 +8,7 @@ normalisation into the graph, so that the model takes raw 0-255 RGB images inste
 input convention is recorded in the file's metadata (``repvgg_mm.input``).
 """
 import contextlib
+import io
 import os
 import os.path as osp
 import tempfile
@@ -141,11 +142,12 @@ def export_model(model: LogitsModel, path: str, input_size: int, opset: int = OP
                       external_data=False, verbose=False)
     else:
         kwargs.update(dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}})
+    buffer = io.BytesIO()  # in memory: the file is written once, with its metadata
     with warnings.catch_warnings(), torch.no_grad():
         # the TorchScript exporter warns that it is deprecated on every call
         warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(model.eval(), example, path, dynamo=dynamo, **kwargs)
-    proto = onnx.load(path)
+        torch.onnx.export(model.eval(), example, buffer, dynamo=dynamo, **kwargs)
+    proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
     meta = proto.metadata_props.add()
     meta.key, meta.value = INPUT_KEY, 'raw' if model.normalize else 'normalized'
