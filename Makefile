@@ -2,23 +2,29 @@
 #   make demo   set up .venv, generate the demo data, train RepVGG-A0 on CPU, test it,
 #               re-parameterize it, test the fused model, print a summary
 #   make test   set up .venv and run the test suite
+#   make int8-demo  train RepVGG-A0 and QARepVGG-A0 on the demo data, fuse, export to
+#               ONNX, quantize to INT8 and print FP32 vs INT8 top-1 for both
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 VENV := .venv
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo int8-demo test lint venv clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements/runtime.txt requirements/tests.txt setup.cfg pyproject.toml
+$(STAMP): requirements/runtime.txt requirements/tests.txt requirements/deploy.txt setup.cfg pyproject.toml
 	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
-	$(VENV_PY) -m pip install -r requirements/runtime.txt -r requirements/tests.txt
+	$(VENV_PY) -m pip install -r requirements/runtime.txt -r requirements/tests.txt \
+		-r requirements/deploy.txt
 	$(VENV_PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV_PY) tools/demo.py
+
+int8-demo: $(STAMP)
+	$(VENV_PY) tools/int8_demo.py
 
 test: $(STAMP)
 	$(VENV_PY) -m ruff check repvgg_mm tools tests configs

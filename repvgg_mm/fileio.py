@@ -30,13 +30,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = 'wb', encoding: Optional[str] = None) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it replaces ``path``.
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` for a writer that needs a file name (ONNX
+    export, ONNX Runtime's quantizer); on success it replaces ``path``.
 
-    The file gets the permissions a plain ``open`` would give it (0666 less the
-    umask), not ``mkstemp``'s 0600. On any failure the temporary file is removed; a
-    write error (``OSError``, or the ``RuntimeError`` of ``torch.save``'s zip writer)
-    is raised again as one ``OSError`` naming ``path`` (the original chained).
+    The temporary file is created first, so an unwritable folder fails before any work.
+    It gets the permissions a plain ``open`` would give (0666 less the umask), not
+    ``mkstemp``'s 0600. On any failure it is removed; a write error (``OSError``, or the
+    ``RuntimeError`` of ``torch.save``'s zip writer) is raised again as one ``OSError``
+    naming ``path`` (the original chained).
     """
     folder = osp.dirname(osp.abspath(path))
     if not osp.isdir(folder):
@@ -44,13 +46,11 @@ def atomic_open(path: str, mode: str = 'wb', encoding: Optional[str] = None) -> 
     try:
         fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
                                    dir=folder)
+        os.close(fd)
     except OSError as exc:
         raise OSError(f'cannot write {path!r}: {_first_line(exc)}') from exc
     try:
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
@@ -59,6 +59,17 @@ def atomic_open(path: str, mode: str = 'wb', encoding: Optional[str] = None) -> 
         if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, OutputPathError):
             raise OSError(f'cannot write {path!r}: {_first_line(exc)}') from exc
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = 'wb', encoding: Optional[str] = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` (see
+    :func:`atomic_path`, whose guarantees hold), flushed to disk first."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:

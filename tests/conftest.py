@@ -1,5 +1,8 @@
+import contextlib
+import io
 import os
 import os.path as osp
+import runpy
 import socket
 import subprocess
 import sys
@@ -61,9 +64,6 @@ def tool_in_process(tool, *args):
     """Run ``tools/<tool>`` as ``__main__`` inside this process (no interpreter start-up:
     fast enough for many error-path checks). Returns ``(exit status, stdout, stderr)``.
     At least one test per tool also runs it as a real process (:func:`python_tool`)."""
-    import contextlib
-    import io
-    import runpy
     import signal
     out, err = io.StringIO(), io.StringIO()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -11,6 +11,7 @@ from mmengine.registry import init_default_scope
 
 from repvgg_mm.checkpoints import (
     CheckpointError,
+    block_variant_of,
     guess_arch,
     load_checkpoint_file,
     load_state_dict_strict,
@@ -77,6 +78,8 @@ def load_weights_into(model: nn.Module, state_dict: dict, source: str) -> None:
         arch = guess_arch(state_dict)
         hint = (f'the checkpoint looks like RepVGG arch {arch!r}' if arch else
                 'its layout matches none of the known RepVGG archs')
+        if block_variant_of(state_dict) == 'qarepvgg':
+            hint += " with QARepVGG blocks (backbone.block_variant='qarepvgg')"
         raise CheckpointError(f'{exc}; {hint}') from exc
 
 

@@ -27,6 +27,32 @@ from .model import (
 DEFAULT_TOLERANCE = 1e-4
 
 
+def load_fused_model(cfg: Config, checkpoint: str, src_format: Optional[str] = None) -> dict:
+    """Read ``checkpoint`` (any known format, training-time or fused) and return the
+    fused model built from ``cfg``, in eval mode.
+
+    A training-time checkpoint is loaded strictly into ``cfg``'s model and fused with
+    :func:`reparameterize_model`; a fused one is loaded into the deploy model as it is.
+
+    Returns:
+        dict: ``fused`` (the fused model), ``training`` (the loaded training-time model,
+        None when the checkpoint was already fused), ``state_dict`` (as read, our key
+        format) and ``src_format``.
+    """
+    state_dict, fmt = read_state_dict(checkpoint, src_format)
+    training = None
+    if is_fused(state_dict):
+        fused = build_model(deploy_config(cfg))
+        load_weights_into(fused, state_dict, checkpoint)
+    else:
+        training = build_model(cfg)
+        load_weights_into(training, state_dict, checkpoint)
+        training.eval()
+        fused = reparameterize_model(training)
+        check_finite(fused.state_dict(), f'{checkpoint} after fusion')
+    return dict(fused=fused.eval(), training=training, state_dict=state_dict, src_format=fmt)
+
+
 def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
                               out_config: Optional[str] = None, verify: bool = True,
                               tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 2,
@@ -57,20 +83,14 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
     out_config = deploy_config_path(output, out_config) if to_format == 'ours' else None
     outputs = {'OUTPUT': output, **({'deploy config': out_config} if out_config else {})}
     check_output_paths(outputs, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint})
-    state_dict, fmt = read_state_dict(checkpoint, src_format)
+    loaded = load_fused_model(cfg, checkpoint, src_format)
+    state_dict, fmt, fused, model = (loaded['state_dict'], loaded['src_format'],
+                                     loaded['fused'], loaded['training'])
     dcfg = deploy_config(cfg)
     report = dict(output=output, config=None, src_format=fmt,
-                  already_fused=is_fused(state_dict), max_abs_diff=None, max_rel_diff=None,
+                  already_fused=model is None, max_abs_diff=None, max_rel_diff=None,
                   params_train=None)
-    if report['already_fused']:
-        fused = build_model(dcfg)
-        load_weights_into(fused, state_dict, checkpoint)
-    else:
-        model = build_model(cfg)
-        load_weights_into(model, state_dict, checkpoint)
-        model.eval()
-        fused = reparameterize_model(model)
-        check_finite(fused.state_dict(), f'{checkpoint} after fusion')
+    if model is not None:
         report['params_train'] = sum(p.numel() for p in model.parameters())
         if verify:
             size = test_input_size(cfg)

@@ -1,5 +1,13 @@
 from .convert import convert_checkpoint
-from .formats import FORMATS, KeyFormat, detect_format, guess_arch, is_fused, to_ours
+from .formats import (
+    FORMATS,
+    KeyFormat,
+    block_variant_of,
+    detect_format,
+    guess_arch,
+    is_fused,
+    to_ours,
+)
 from .io import (
                  CheckpointError,
                  check_finite,
@@ -13,7 +21,7 @@ from .safe_load import allow_training_checkpoints, trusted_checkpoint_globals
 
 __all__ = ['CheckpointError', 'FORMATS', 'KeyFormat', 'allow_training_checkpoints', 'check_finite',
            'convert_checkpoint',
-           'detect_format', 'extract_state_dict', 'guess_arch', 'is_fused',
+           'block_variant_of', 'detect_format', 'extract_state_dict', 'guess_arch', 'is_fused',
            'load_checkpoint_file', 'load_state_dict_strict', 'read_state_dict',
            'save_atomic', 'to_ours',
            'trusted_checkpoint_globals']

@@ -154,6 +154,17 @@ def is_fused(state_dict: Mapping[str, torch.Tensor]) -> bool:
         not any('.rbr_dense.' in k for k in state_dict)
 
 
+def block_variant_of(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """``'qarepvgg'`` or ``'repvgg'`` for a training-time state dict (any format whose
+    block parts keep the official names), None when fused or unknown: QARepVGG's 1x1
+    branch is a plain conv (``rbr_1x1.weight``), RepVGG's a conv+BN (``rbr_1x1.conv``)."""
+    if any(k.endswith('.rbr_1x1.weight') for k in state_dict):
+        return 'qarepvgg'
+    if any('.rbr_1x1.conv.' in k for k in state_dict):
+        return 'repvgg'
+    return None
+
+
 def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     """The arch (of :class:`~repvgg_mm.models.RepVGG` or ``RepVGGplus``) whose layout a
     state dict (ours) has -- blocks per stage, widths, grouping and SE -- or None."""

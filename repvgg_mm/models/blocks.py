@@ -1,8 +1,12 @@
 """The RepVGG block and its SE layer: the one place that knows the branches and their fusion.
 
-Training time::
+Training time (``variant='repvgg'``)::
 
     out = act(post(BN(conv3x3(x)) + BN(conv1x1(x)) + BN_id(x)))
+
+Training time (``variant='qarepvgg'``, QARepVGG, Chu et al., AAAI 2024)::
+
+    out = act(post(BN_post(BN(conv3x3(x)) + conv1x1(x) + x)))
 
 Inference time (after :meth:`RepVGGBlock.switch_to_deploy`)::
 
@@ -24,18 +28,21 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 SE_PLACEMENTS = {'pre': 'se', 'post': 'post_se'}
+BLOCK_VARIANTS = ('repvgg', 'qarepvgg')
 
 
-def fuse_conv_bn(kernel: Tensor, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+def fuse_conv_bn(kernel: Tensor, bn: _BatchNorm,
+                 bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm into the conv kernel that feeds it.
 
-    With ``t = gamma / sqrt(running_var + eps)``, BN(conv(x, W)) equals
-    ``conv(x, W * t) + (beta - running_mean * t)``. Works for any ``_BatchNorm``
+    With ``t = gamma / sqrt(running_var + eps)``, BN(conv(x, W) + b) equals
+    ``conv(x, W * t) + (beta + (b - running_mean) * t)``. Works for any ``_BatchNorm``
     (``BatchNorm2d``, ``SyncBatchNorm``) and stays differentiable.
 
     Args:
         kernel (Tensor): Conv weight of shape (out, in/groups, k, k).
         bn (_BatchNorm): The normalisation layer after the conv.
+        bias (Tensor, optional): The conv's bias, if it has one. Defaults to None.
 
     Returns:
         tuple[Tensor, Tensor]: The fused kernel and bias.
@@ -47,7 +54,8 @@ def fuse_conv_bn(kernel: Tensor, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
     gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
     t = gamma / std
-    return kernel * t.reshape(-1, 1, 1, 1), beta - bn.running_mean * t
+    shift = bn.running_mean if bias is None else bn.running_mean - bias
+    return kernel * t.reshape(-1, 1, 1, 1), beta - shift * t
 
 
 def identity_kernel(channels: int, groups: int, kernel_size: int = 3,
@@ -108,6 +116,14 @@ class RepVGGBlock(nn.Module):
     code: ``rbr_dense.{conv,bn}``, ``rbr_1x1.{conv,bn}``, ``rbr_identity`` and, once
     deployed, ``rbr_reparam``.
 
+    With ``variant='qarepvgg'`` the block is the quantization-friendly one of QARepVGG
+    (the authors' ``QARepVGGBlockV2``): the 3x3 conv keeps its BN, the 1x1 branch is a
+    plain conv without BN or bias (``rbr_1x1.weight``), the identity branch has no BN
+    (no parameters), and one BN after the sum (``bn``, before SE where present, then
+    the activation) normalises the output. The names are the authors', so their
+    checkpoints map onto ours by prefix. Both variants fuse into the same single
+    ``rbr_reparam`` conv with bias.
+
     Args:
         in_channels (int): Input channels.
         out_channels (int): Output channels.
@@ -122,6 +138,8 @@ class RepVGGBlock(nn.Module):
         act_cfg (dict): Activation. Defaults to ``dict(type='ReLU')``.
         deploy (bool): Build the fused single-conv form directly. Defaults to False.
         with_cp (bool): Use gradient checkpointing in training. Defaults to False.
+        variant (str): ``'repvgg'`` (the original block) or ``'qarepvgg'``.
+            Defaults to ``'repvgg'``.
     """
 
     def __init__(self,
@@ -134,8 +152,12 @@ class RepVGGBlock(nn.Module):
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='ReLU'),
                  deploy: bool = False,
-                 with_cp: bool = False) -> None:
+                 with_cp: bool = False,
+                 variant: str = 'repvgg') -> None:
         super().__init__()
+        if variant not in BLOCK_VARIANTS:
+            raise ValueError(f'block variant must be one of {list(BLOCK_VARIANTS)}, '
+                             f'got {variant!r}')
         if in_channels % groups or out_channels % groups:
             raise ValueError(f'groups={groups} must divide in_channels={in_channels} '
                              f'and out_channels={out_channels}')
@@ -146,18 +168,24 @@ class RepVGGBlock(nn.Module):
         self.groups = groups
         self.deploy = deploy
         self.with_cp = with_cp
+        self.variant = variant
 
         if deploy:
             self.rbr_reparam = self._fused_conv()
         else:
             self.rbr_dense = conv_bn(in_channels, out_channels, 3, stride, dilation,
                                      dilation, groups, norm_cfg)
-            self.rbr_1x1 = conv_bn(in_channels, out_channels, 1, stride, 0, 1, groups,
-                                   norm_cfg)
-            if in_channels == out_channels and stride == 1:
-                _, self.rbr_identity = build_norm_layer(norm_cfg, in_channels)
+            has_identity = in_channels == out_channels and stride == 1
+            if variant == 'qarepvgg':
+                self.rbr_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride=stride,
+                                         groups=groups, bias=False)
+                self.rbr_identity = nn.Identity() if has_identity else None
+                _, self.bn = build_norm_layer(norm_cfg, out_channels)
             else:
-                self.rbr_identity = None
+                self.rbr_1x1 = conv_bn(in_channels, out_channels, 1, stride, 0, 1, groups,
+                                       norm_cfg)
+                self.rbr_identity = build_norm_layer(norm_cfg, in_channels)[1] \
+                    if has_identity else None
 
         self.se_placement = None
         if se_cfg is not None:
@@ -187,6 +215,8 @@ class RepVGGBlock(nn.Module):
             out = self.rbr_dense(x) + self.rbr_1x1(x)
             if self.rbr_identity is not None:
                 out = out + self.rbr_identity(x)
+            if self.variant == 'qarepvgg':
+                out = self.bn(out)
         if self.se_placement == 'pre':
             out = self.se(out)
         out = self.nonlinearity(out)
@@ -207,16 +237,23 @@ class RepVGGBlock(nn.Module):
         """
         if self.deploy:
             return self.rbr_reparam.weight, self.rbr_reparam.bias
-        kernel, bias = fuse_conv_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
+        weight = self.rbr_dense.conv.weight
+        kernel, bias = fuse_conv_bn(weight, self.rbr_dense.bn)
+        k_id = None
+        if self.rbr_identity is not None:
+            k_id = identity_kernel(self.in_channels, self.groups, 3,
+                                   device=weight.device, dtype=weight.dtype)
+        if self.variant == 'qarepvgg':
+            # the post-sum BN folds into the summed kernel and the 3x3 branch's bias
+            kernel = kernel + F.pad(self.rbr_1x1.weight, [1, 1, 1, 1])
+            if k_id is not None:
+                kernel = kernel + k_id
+            return fuse_conv_bn(kernel, self.bn, bias)
         k1x1, b1x1 = fuse_conv_bn(self.rbr_1x1.conv.weight, self.rbr_1x1.bn)
         kernel = kernel + F.pad(k1x1, [1, 1, 1, 1])
         bias = bias + b1x1
-        if self.rbr_identity is not None:
-            weight = self.rbr_dense.conv.weight
-            k_id, b_id = fuse_conv_bn(
-                identity_kernel(self.in_channels, self.groups, 3,
-                                device=weight.device, dtype=weight.dtype),
-                self.rbr_identity)
+        if k_id is not None:
+            k_id, b_id = fuse_conv_bn(k_id, self.rbr_identity)
             kernel = kernel + k_id
             bias = bias + b_id
         return kernel, bias
@@ -232,8 +269,10 @@ class RepVGGBlock(nn.Module):
         self.rbr_reparam.weight.copy_(kernel)
         self.rbr_reparam.bias.copy_(bias)
         del self.rbr_dense, self.rbr_1x1, self.rbr_identity
+        if self.variant == 'qarepvgg':
+            del self.bn
         self.deploy = True
 
     def extra_repr(self) -> str:
         return (f'in={self.in_channels}, out={self.out_channels}, stride={self.stride}, '
-                f'groups={self.groups}, deploy={self.deploy}')
+                f'groups={self.groups}, variant={self.variant}, deploy={self.deploy}')

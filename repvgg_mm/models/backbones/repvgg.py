@@ -63,6 +63,10 @@ class RepVGG(BaseBackbone):
         with_cp (bool): Gradient checkpointing in every block. Defaults to False.
         deploy (bool): Build the fused (inference-time) structure directly.
             Defaults to False.
+        block_variant (str): ``'repvgg'`` or ``'qarepvgg'`` (the quantization-friendly
+            block of QARepVGG, see :class:`RepVGGBlock`) for every block, the stem
+            included. The fused structure is the same for both. Defaults to
+            ``'repvgg'``.
         init_cfg (dict | list[dict], optional): MMEngine initialisation config.
             Defaults to None (PyTorch's default initialisation, as the original).
     """
@@ -100,6 +104,7 @@ class RepVGG(BaseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  deploy: bool = False,
+                 block_variant: str = 'repvgg',
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg)
         self.arch = self._resolve_arch(arch)
@@ -118,7 +123,8 @@ class RepVGG(BaseBackbone):
         self.deploy = deploy
 
         self.block_kwargs = dict(se_cfg=self.arch['se_cfg'], norm_cfg=norm_cfg,
-                                 act_cfg=act_cfg, deploy=deploy, with_cp=with_cp)
+                                 act_cfg=act_cfg, deploy=deploy, with_cp=with_cp,
+                                 variant=block_variant)
         stem_channels = min(base_channels, widths[0])
         self.stage0 = RepVGGBlock(in_channels, stem_channels, stride=strides[0],
                                   dilation=dilations[0], **self.block_kwargs)
