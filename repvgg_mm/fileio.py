@@ -36,9 +36,7 @@ def atomic_path(path: str) -> Iterator[str]:
 
     The temporary file is created first, so an unwritable folder fails before any work.
     It gets the permissions a plain ``open`` would give (0666 less the umask), not
-    ``mkstemp``'s 0600. On any failure it is removed; a write error (``OSError``, or the
-    ``RuntimeError`` of ``torch.save``'s zip writer) is raised again as one ``OSError``
-    naming ``path`` (the original chained).
+    ``mkstemp``'s 0600. On any failure it is removed and the error passes unchanged.
     """
     folder = osp.dirname(osp.abspath(path))
     if not osp.isdir(folder):
@@ -53,23 +51,28 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, OutputPathError):
-            raise OSError(f'cannot write {path!r}: {_first_line(exc)}') from exc
         raise
 
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = 'wb', encoding: Optional[str] = None) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it replaces ``path`` (see
-    :func:`atomic_path`, whose guarantees hold), flushed to disk first."""
-    with atomic_path(path) as tmp:
-        with open(tmp, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+    """Open a temporary file beside ``path``; flushed to disk, it replaces ``path`` on
+    success (see :func:`atomic_path`). A write error (``OSError``, or the
+    ``RuntimeError`` of ``torch.save``'s zip writer) is raised again as one ``OSError``
+    naming ``path`` (the original chained)."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, mode, encoding=encoding) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OutputPathError) or str(exc).startswith(f'cannot write {path!r}'):
+            raise
+        raise OSError(f'cannot write {path!r}: {_first_line(exc)}') from exc
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:

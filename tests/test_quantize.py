@@ -84,7 +84,7 @@ def test_quantize_tool_refuses_bad_inputs(fp32_model, tmp_path):
     same = tool_in_process('quantize.py', DEMO_CONFIG, fp32_model, fp32_model)
     for (status, _, stderr), needle in ((missing, 'nope.onnx'),
                                         (no_folder, 'does not exist'),
-                                        (same, 'also an input')):
+                                        (same, 'refusing to overwrite an input')):
         assert status == 1
         assert stderr.splitlines()[0].startswith('quantize.py: error:')
         assert needle in stderr.splitlines()[0]

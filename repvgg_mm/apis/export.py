@@ -11,7 +11,7 @@ import contextlib
 import io
 import time
 import warnings
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,11 +77,11 @@ def normalization_of(cfg: Config) -> Tuple[list, list]:
 
 
 @contextlib.contextmanager
-def atomic_output(output: str, inputs: Tuple[str, ...] = ()) -> Iterator[str]:
-    """Check ``output`` against ``inputs`` (see :func:`repvgg_mm.fileio.check_output_paths`)
-    and yield a temporary path that replaces ``output`` on success."""
-    check_output_paths({'output': output},
-                       {f'input {i + 1}': path for i, path in enumerate(inputs)})
+def atomic_output(output: str, inputs: Dict[str, str]) -> Iterator[str]:
+    """Check ``output`` against ``inputs`` (``{description: path}``, see
+    :func:`repvgg_mm.fileio.check_output_paths`) and yield a temporary path that
+    replaces ``output`` on success."""
+    check_output_paths({'output': output}, inputs)
     with atomic_path(output) as tmp:
         yield tmp
 
@@ -156,7 +156,7 @@ def export_onnx(cfg: Config, checkpoint: str, output: str, input_size: Optional[
         ``exporter`` and ``opset``.
     """
     require_deploy_packages()
-    with atomic_output(output, (checkpoint, )) as tmp:
+    with atomic_output(output, {'CHECKPOINT': checkpoint}) as tmp:
         loaded = load_fused_model(cfg, checkpoint, src_format)
         mean, std = normalization_of(cfg) if fold_normalization else (None, None)
         model = LogitsModel(loaded['fused'], mean, std).eval()

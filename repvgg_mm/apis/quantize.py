@@ -86,7 +86,7 @@ def quantize_onnx(cfg: Config, fp32_onnx: str, output: str, calib_images: int = 
     methods = dict(minmax=CalibrationMethod.MinMax, entropy=CalibrationMethod.Entropy,
                    percentile=CalibrationMethod.Percentile)
     input_kind = onnx_input_kind(fp32_onnx)
-    with atomic_output(output, (fp32_onnx, )) as tmp:
+    with atomic_output(output, {'FP32 model': fp32_onnx}) as tmp:
         reader = _CalibrationReader(cfg, calib_images, input_kind == 'normalized', seed)
         quantize_static(fp32_onnx, tmp, reader, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QInt8,
