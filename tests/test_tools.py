@@ -171,3 +171,21 @@ def test_amp_without_gpu_is_a_clear_error(tiny_data, tmp_path):
     result = python_tool('train.py', DEMO_CONFIG, '--amp', '--work-dir', str(tmp_path),
                          '--cfg-options', *tiny_options(tiny_data), check=False)
     assert result.returncode == 1 and '--amp needs a CUDA GPU' in result.stderr
+
+
+def test_demo_end_to_end_reports_every_model_and_its_time(tiny_data, tmp_path):
+    """tools/demo.py (what `make demo` runs) on the tiny data, shortened to 1 epoch: one
+    line per step and epoch, the same top-1 for the training-time, fused and ONNX models,
+    the curves plot, and its own wall time."""
+    work = tmp_path / 'demo'
+    result = python_tool('demo.py', '--data-root', tiny_data, '--work-dir', str(work),
+                         '--cfg-options', 'train_cfg.max_epochs=1')
+    out = result.stdout
+    assert 'epoch  1/1  train loss' in out and 'val top-1' in out
+    assert 'Epoch(train)' not in out  # the full log went to the work dir
+    assert (work / 'train.log').read_text().count('Epoch(train)') >= 1
+    summary = json.loads((work / 'summary.json').read_text())
+    assert summary['top1'] == summary['top1_deploy'] == pytest.approx(summary['top1_onnx'])
+    assert summary['onnx_prediction_agreement'] == 1.0
+    assert osp.getsize(summary['curves']) > 0 and osp.isfile(summary['onnx_model'])
+    assert f"the demo took {summary['seconds']:.0f} s" in out

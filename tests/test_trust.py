@@ -95,6 +95,7 @@ def test_no_tool_runs_code_from_a_checkpoint(trained, tiny_data, tmp_path):
             'reparam': ('reparam.py', DEMO_CONFIG, ckpt, tmp_path / f'{ckpt.stem}_d.pth'),
             'convert': ('convert_checkpoint.py', ckpt, tmp_path / f'{ckpt.stem}_c.pth'),
             'infer': ('infer.py', DEMO_CONFIG, ckpt, image),
+            'export': ('export_onnx.py', DEMO_CONFIG, ckpt, tmp_path / f'{ckpt.stem}.onnx'),
             'load_from': ('train.py', DEMO_CONFIG, '--work-dir', tmp_path / 'l',
                           '--cfg-options', *data, f'load_from={ckpt}'),
             'resume': ('train.py', DEMO_CONFIG, '--work-dir', tmp_path / 'r',

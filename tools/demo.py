@@ -5,8 +5,9 @@
 3. test the trained checkpoint (tools/test.py);
 4. re-parameterize it (tools/reparam.py);
 5. test the fused checkpoint with the deploy config (tools/test.py);
-6. compare the two models' logits on the whole val set and write
-   work_dirs/demo/summary.json.
+6. export the fused model to ONNX (tools/export_onnx.py);
+7. compare the models' logits on the whole val set (training-time, fused, fused in ONNX
+   Runtime), plot the training curves and write work_dirs/demo/summary.json.
 """
 import argparse
 import json
@@ -140,10 +141,17 @@ def main() -> int:
                 'tools/test.py', deploy_cfg, deploy_ckpt, '--work-dir', work_dir,
                 '--out-metrics', metrics_deploy)
 
-    console.say('comparing the two models on every val image')
-    from repvgg_mm.apis import split_logits
+    onnx_path = osp.join(work_dir, 'repvgg-a0_demo_deploy.onnx')
+    console.run('exporting the fused model to ONNX (tools/export_onnx.py)', 'export.log',
+                'tools/export_onnx.py', deploy_cfg, deploy_ckpt, onnx_path)
+
+    console.say('comparing the models on every val image (PyTorch and ONNX Runtime)')
+    from repvgg_mm.apis import compare_onnx_with_pytorch, plot_training_curves, split_logits
     logits_train, labels = split_logits(cfg, checkpoint)
     logits_deploy, _ = split_logits(load_config(deploy_cfg), deploy_ckpt)
+    onnx = compare_onnx_with_pytorch(onnx_path, load_config(deploy_cfg), deploy_ckpt)
+    curves = plot_training_curves(work_dir, ('loss', 'accuracy/top1'),
+                                  osp.join(work_dir, 'curves.png'))['out']
 
     with open(metrics_train) as f:
         top1 = json.load(f)['accuracy/top1']
@@ -162,8 +170,13 @@ def main() -> int:
         params_train=sum(p.numel() for p in build_model(cfg).parameters()),
         params_deploy=sum(p.numel() for p in
                           build_model(load_config(deploy_cfg)).parameters()),
+        top1_onnx=onnx['onnx_top1'],
+        onnx_prediction_agreement=onnx['agreement'],
+        onnx_max_abs_logit_diff=onnx['max_abs_diff'],
         checkpoint=checkpoint,
         deploy_checkpoint=deploy_ckpt,
+        onnx_model=onnx_path,
+        curves=curves,
         deploy_config=deploy_cfg,
         seconds=round(time.time() - start, 1),
         device='cuda' if torch.cuda.is_available() else 'cpu',
@@ -175,14 +188,21 @@ def main() -> int:
     print(f'\n===== repvgg_mm demo: RepVGG-A0 on the embedded 10-class data set ({device}) =====')
     print(f"val top-1, training-time model: {top1:.2f}%")
     print(f"val top-1, fused (deploy) model: {top1_deploy:.2f}%")
+    print(f"val top-1, fused model in ONNX Runtime: {onnx['onnx_top1']:.2f}% "
+          f"(same prediction as PyTorch on {onnx['agreement']:.1%} of the images, max "
+          f"|logit difference| {onnx['max_abs_diff']:.3g})")
     print(f"max |logit difference| over {len(labels)} val images: "
           f"{summary['max_abs_logit_diff']:.3g}")
     print(f"parameters: {summary['params_train']:,} -> {summary['params_deploy']:,}")
-    print(f"fused model: {deploy_ckpt} (config {deploy_cfg})")
+    print(f"fused model: {deploy_ckpt} (config {deploy_cfg}); ONNX: {onnx_path}")
+    print(f"training curves: {curves}")
     print(f"summary: {path}; tool logs: {work_dir}/*.log")
     print(f"the demo took {summary['seconds']:.0f} s")
     if top1 != top1_deploy:
         raise RuntimeError(f'fused top-1 {top1_deploy} differs from training-time {top1}')
+    if abs(onnx['onnx_top1'] - top1_deploy) > 1e-6:
+        raise RuntimeError(f"ONNX Runtime top-1 {onnx['onnx_top1']} differs from PyTorch's "
+                           f'{top1_deploy}')
     return 0
 
 
