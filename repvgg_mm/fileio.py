@@ -93,12 +93,16 @@ def _same_file(a: str, b: str) -> bool:
     return osp.realpath(a) == osp.realpath(b)
 
 
-def check_output_paths(outputs: Dict[str, str], inputs: Dict[str, str]) -> None:
+def check_output_paths(outputs: Dict[str, str], inputs: Dict[str, str],
+                       missing_folders_ok: bool = False) -> None:
     """Refuse outputs that would overwrite an input, each other, or cannot be written.
 
     Args:
         outputs: What the tool will write, ``{description: path}``.
         inputs: What the tool reads, ``{description: path}``.
+        missing_folders_ok: The caller creates missing folders (:func:`make_folders`)
+            right before writing; a folder that cannot be created (below a file) is
+            still refused.
 
     Raises:
         OutputPathError: naming the output and what is wrong with it -- it is one of the
@@ -118,9 +122,19 @@ def check_output_paths(outputs: Dict[str, str], inputs: Dict[str, str]) -> None:
         if osp.isdir(path):
             raise OutputPathError(f'{name} {path!r} is a folder, expected a file path')
         folder = osp.dirname(osp.abspath(path))
+        if missing_folders_ok:
+            while not osp.exists(folder):
+                folder = osp.dirname(folder)
         if not osp.isdir(folder):
-            raise OutputPathError(f'{name} {path!r}: the folder {folder!r} does not exist')
+            raise OutputPathError(f'{name} {path!r}: the folder {folder!r} ' + (
+                'is a file' if osp.exists(folder) else 'does not exist'))
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputPathError(f'{name} {path!r}: the folder {folder!r} is not writable')
         if osp.exists(path) and not os.access(path, os.W_OK):
             raise OutputPathError(f'{name} {path!r} exists and is not writable')
+
+
+def make_folders(*paths: str) -> None:
+    """Create the missing parent folders of ``paths``."""
+    for path in paths:
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)

@@ -118,7 +118,7 @@ def test_no_tool_runs_code_from_a_checkpoint(trained, tiny_data, tmp_path):
 
 @pytest.mark.parametrize('case', ['output_is_checkpoint', 'config_next_to_output_is_config',
                                   'out_config_is_checkpoint', 'output_ends_in_py',
-                                  'out_config_in_missing_folder'])
+                                  'out_config_below_a_file'])
 def test_reparam_refuses_outputs_that_would_destroy_inputs(trained, tmp_path, case):
     config = tmp_path / 'demo.py'
     shutil.copy(DEMO_CONFIG, config)
@@ -132,8 +132,8 @@ def test_reparam_refuses_outputs_that_would_destroy_inputs(trained, tmp_path, ca
         'config_next_to_output_is_config': (tmp_path / 'demo.pth', []),
         'out_config_is_checkpoint': (tmp_path / 'fused.pth', ['--out-config', ckpt]),
         'output_ends_in_py': (tmp_path / 'fused.py', []),
-        'out_config_in_missing_folder': (tmp_path / 'fused.pth',
-                                         ['--out-config', tmp_path / 'nope' / 'f.py']),
+        'out_config_below_a_file': (tmp_path / 'fused.pth',
+                                    ['--out-config', ckpt / 'f.py']),
     }[case]
     before = {p.name: digest(p) for p in tmp_path.iterdir()}
     status, out, err = tool_in_process('reparam.py', config, ckpt, output, *extra)
@@ -216,8 +216,11 @@ def test_load_ignore_keys_fine_tunes_a_new_head(trained, tiny_data, tmp_path):
         lines = (data / f'{split}_list.txt').read_text().splitlines()
         (data / f'{split}_list.txt').write_text(
             '\n'.join(ln for ln in lines if int(ln.rsplit(' ', 1)[1]) < 7) + '\n')
+    seven = ('bars', 'diamond', 'disk', 'frame', 'plus', 'ring', 'square')
     options = [*tiny_options(str(data)), f'load_from={trained}', 'model.head.num_classes=7',
-               'data_preprocessor.num_classes=7']
+               'data_preprocessor.num_classes=7',
+               *(f'{s}_dataloader.dataset.metainfo.classes={seven}'.replace(' ', '')
+                 for s in ('train', 'val'))]
     status, out, err = tool_in_process('train.py', DEMO_CONFIG, '--work-dir', tmp_path / 'b',
                                        '--cfg-options', *options,
                                        "load_ignore_keys=['head.fc.*']")
