@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set up .venv, generate the demo data, train RepVGG-A0 on CPU, test it,
-#               re-parameterize it, test the fused model, print a summary
+#               re-parameterize it, test the fused model, export it to ONNX, print a summary
 #   make test   set up .venv and run the test suite
 #   make int8-demo  train RepVGG-A0 and QARepVGG-A0 on the demo data, fuse, export to
 #               ONNX, quantize to INT8 and print FP32 vs INT8 top-1 for both
