@@ -4,7 +4,7 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, plant_crafted_checkpoint, python_tool, randomize_bn
+from conftest import ROOT, plant_crafted_checkpoint, python_tool, quick_tool, randomize_bn
 from mmengine.config import Config
 from mmpretrain.models.backbones import RepVGG as MMPretrainRepVGG
 from test_backbone import PARAMS
@@ -192,10 +192,10 @@ def test_reparam_tool_refuses_a_crafted_pickle(tmp_path):
 
     evil = plant_crafted_checkpoint(tmp_path / 'evil.pth', marker)
     out = tmp_path / 'out.pth'
-    result = python_tool('reparam.py', A0_CONFIG, str(evil), str(out), check=False)
+    result = quick_tool('reparam.py', A0_CONFIG, str(evil), str(out), check=False)
     assert result.returncode == 1 and 'could run code' in result.stderr
     assert not marker.exists() and not out.exists()
-    result = python_tool('convert_checkpoint.py', str(evil), str(out), check=False)
+    result = quick_tool('convert_checkpoint.py', str(evil), str(out), check=False)
     assert result.returncode == 1 and 'could run code' in result.stderr
     assert not marker.exists() and not out.exists()
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, ROOT, free_port, python_tool, run_tool, tiny_options
+from conftest import DEMO_CONFIG, ROOT, free_port, python_tool, quick_tool, run_tool, tiny_options
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_test_reparam_test_gives_identical_top1(trained, tiny_data, tmp_path):
 
 def test_failed_verification_writes_nothing(trained, tmp_path):
     out = tmp_path / 'never.pth'
-    result = python_tool('reparam.py', DEMO_CONFIG, osp.join(trained, 'epoch_1.pth'),
+    result = quick_tool('reparam.py', DEMO_CONFIG, osp.join(trained, 'epoch_1.pth'),
                          str(out), '--tolerance', '-1', check=False)
     assert result.returncode == 1
     assert 'nothing written' in result.stderr
@@ -76,7 +76,7 @@ def test_failed_verification_writes_nothing(trained, tmp_path):
 
 
 def test_test_tool_rejects_checkpoint_of_another_arch(trained, tiny_data):
-    result = python_tool('test.py', DEMO_CONFIG, osp.join(trained, 'epoch_1.pth'),
+    result = quick_tool('test.py', DEMO_CONFIG, osp.join(trained, 'epoch_1.pth'),
                          '--cfg-options', 'model.backbone.arch=A1', *tiny_options(tiny_data),
                          check=False)
     assert result.returncode != 0
@@ -123,7 +123,7 @@ def test_dist_train_two_processes_on_cpu(tiny_data, tmp_path):
 
 
 def test_unknown_arch_is_a_clear_error(tiny_data, tmp_path):
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
                          '--cfg-options', 'model.backbone.arch=A9',
                          *tiny_options(tiny_data), check=False)
     assert result.returncode == 1
@@ -134,14 +134,14 @@ def test_unknown_arch_is_a_clear_error(tiny_data, tmp_path):
 def test_missing_data_root_is_a_clear_error(tmp_path):
     missing = str(tmp_path / 'no_such_data')
     options = [o for o in tiny_options(missing)]
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'w'),
                          '--cfg-options', *options, check=False)
     assert result.returncode == 1
     assert missing in result.stderr and 'expected the layout' in result.stderr
 
 
 def test_missing_config_is_a_clear_error(tmp_path):
-    result = python_tool('train.py', str(tmp_path / 'nope.py'), check=False)
+    result = quick_tool('train.py', str(tmp_path / 'nope.py'), check=False)
     assert result.returncode == 1
     assert 'nope.py' in result.stderr and 'does not exist' in result.stderr
 
@@ -168,7 +168,7 @@ def test_converted_official_checkpoint_fine_tunes_with_load_from(trained, tiny_d
 def test_amp_without_gpu_is_a_clear_error(tiny_data, tmp_path):
     if torch.cuda.is_available():
         pytest.skip('this machine has a GPU: --amp is valid here')
-    result = python_tool('train.py', DEMO_CONFIG, '--amp', '--work-dir', str(tmp_path),
+    result = quick_tool('train.py', DEMO_CONFIG, '--amp', '--work-dir', str(tmp_path),
                          '--cfg-options', *tiny_options(tiny_data), check=False)
     assert result.returncode == 1 and '--amp needs a CUDA GPU' in result.stderr
 
