@@ -200,7 +200,7 @@ def main() -> int:
     print(f"the demo took {summary['seconds']:.0f} s")
     if top1 != top1_deploy:
         raise RuntimeError(f'fused top-1 {top1_deploy} differs from training-time {top1}')
-    if abs(onnx['onnx_top1'] - top1_deploy) > 1e-6:
+    if abs(onnx['onnx_top1'] - top1_deploy) > 1e-3:  # percent; metrics JSON is float32
         raise RuntimeError(f"ONNX Runtime top-1 {onnx['onnx_top1']} differs from PyTorch's "
                            f'{top1_deploy}')
     return 0
