@@ -110,6 +110,17 @@ def tiny_data(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope='session')
+def tiny_run(tiny_data, tmp_path_factory):
+    """The work dir of one 2-epoch run of ``tools/train.py`` (a real process) with the
+    demo config on ``tiny_data``, shared by every test that needs trained checkpoints.
+    Tests copy from it and never write into it."""
+    work_dir = tmp_path_factory.mktemp('tiny_run')
+    python_tool('train.py', DEMO_CONFIG, '--work-dir', str(work_dir),
+                '--cfg-options', *tiny_options(tiny_data, epochs=2))
+    return work_dir
+
+
 def tiny_options(data_root, epochs=1, shipped_loader=False):
     """--cfg-options that make the demo config train fast on ``tiny_data``.
 

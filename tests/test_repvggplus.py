@@ -161,7 +161,7 @@ def test_l2pse_recipe_config():
 def test_train_reparam_test_a_small_repvggplus_on_demo_data(tiny_data, tmp_path):
     import json
 
-    from conftest import DEMO_CONFIG, python_tool, tiny_options
+    from conftest import DEMO_CONFIG, python_tool, quick_tool, tiny_options
     config = tmp_path / 'plus_demo.py'
     config.write_text(f"""_base_ = ['{DEMO_CONFIG}']
 model = dict(
@@ -181,11 +181,11 @@ model = dict(
     assert 'loss_stage1_aux:' in log and 'loss_stage3_first_aux:' in log
     ckpt = str(work / 'epoch_1.pth')
     data = tiny_options(tiny_data)
-    python_tool('test.py', str(config), ckpt, '--work-dir', str(tmp_path),
+    quick_tool('test.py', str(config), ckpt, '--work-dir', str(tmp_path),
                 '--out-metrics', str(tmp_path / 'm1.json'), '--cfg-options', *data)
     out = tmp_path / 'plus_deploy.pth'
-    python_tool('reparam.py', str(config), ckpt, str(out))
-    python_tool('test.py', str(out).replace('.pth', '.py'), str(out), '--work-dir',
+    quick_tool('reparam.py', str(config), ckpt, str(out))
+    quick_tool('test.py', str(out).replace('.pth', '.py'), str(out), '--work-dir',
                 str(tmp_path), '--out-metrics', str(tmp_path / 'm2.json'), '--cfg-options', *data)
     top1 = json.loads((tmp_path / 'm1.json').read_text())['accuracy/top1']
     assert top1 == json.loads((tmp_path / 'm2.json').read_text())['accuracy/top1']

@@ -19,7 +19,7 @@ def load(path):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
-def train_args(data, work_dir, epochs=3):
+def train_args(data, work_dir, epochs=2):
     # the demo config's own data loaders: one persistent worker each, as a user runs it
     return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), DEMO_CONFIG,
             '--work-dir', str(work_dir), '--cfg-options',
@@ -27,14 +27,12 @@ def train_args(data, work_dir, epochs=3):
             'randomness.deterministic=True']  # a trailing '--resume' ends --cfg-options
 
 
-def test_truncated_checkpoint_is_reported_and_the_previous_one_used(tiny_data, tmp_path):
-    first = tmp_path / 'first'
-    python_tool('train.py', DEMO_CONFIG, '--work-dir', str(first),
-                '--cfg-options', *tiny_options(tiny_data, epochs=2))
+def test_truncated_checkpoint_is_reported_and_the_previous_one_used(tiny_run, tiny_data,
+                                                                     tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
-    shutil.copy(first / 'epoch_1.pth', work / 'epoch_1.pth')
-    data = (first / 'epoch_2.pth').read_bytes()
+    shutil.copy(tiny_run / 'epoch_1.pth', work / 'epoch_1.pth')
+    data = (tiny_run / 'epoch_2.pth').read_bytes()
     (work / 'epoch_2.pth').write_bytes(data[:len(data) // 2])  # killed while writing
     (work / 'last_checkpoint').write_text(str(work / 'epoch_2.pth'))
     assert not is_complete_checkpoint(str(work / 'epoch_2.pth'))
@@ -47,14 +45,13 @@ def test_truncated_checkpoint_is_reported_and_the_previous_one_used(tiny_data, t
     assert 'resumed epoch: 1' in log
     assert is_complete_checkpoint(str(work / 'epoch_2.pth'))
     assert load(work / 'epoch_2.pth')['meta']['epoch'] == 2
+    assert not list(work.glob('.*.tmp'))
 
 
-def test_no_temporary_files_left_and_pointer_is_complete(tiny_data, tmp_path):
-    python_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path),
-                '--cfg-options', *tiny_options(tiny_data, epochs=1))
-    assert not list(tmp_path.glob('.*.tmp'))
-    target = (tmp_path / 'last_checkpoint').read_text().strip()
-    assert is_complete_checkpoint(target)
+def test_no_temporary_files_left_and_pointer_is_complete(tiny_run):
+    assert not list(tiny_run.glob('.*.tmp'))
+    target = (tiny_run / 'last_checkpoint').read_text().strip()
+    assert target == str(tiny_run / 'epoch_2.pth') and is_complete_checkpoint(target)
 
 
 def test_sigkill_then_resume_ends_with_identical_weights(tiny_data, tmp_path):
@@ -71,13 +68,13 @@ def test_sigkill_then_resume_ends_with_identical_weights(tiny_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (work / 'epoch_1.pth').exists(), 'training never wrote its first checkpoint'
-    assert not (work / 'epoch_3.pth').exists(), 'the run finished before it was killed'
+    assert not (work / 'epoch_2.pth').exists(), 'the run finished before it was killed'
 
     result = subprocess.run(train_args(tiny_data, work) + ['--resume'], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'resumed epoch:' in result.stdout + result.stderr
-    ref, got = load(reference / 'epoch_3.pth'), load(work / 'epoch_3.pth')
+    ref, got = load(reference / 'epoch_2.pth'), load(work / 'epoch_2.pth')
     assert ref['meta']['iter'] == got['meta']['iter']
     assert ref['state_dict'].keys() == got['state_dict'].keys()
     for key, value in ref['state_dict'].items():
@@ -92,7 +89,7 @@ def test_killed_two_process_run_resumes_to_the_same_weights(tiny_data, tmp_path)
     def dist_args(work_dir, *extra):
         return ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), DEMO_CONFIG, '2',
                 '--work-dir', str(work_dir), *extra, '--cfg-options',
-                *tiny_options(tiny_data, 3, shipped_loader=True),
+                *tiny_options(tiny_data, 2, shipped_loader=True),
                 'train_dataloader.num_workers=2',  # two persistent workers per rank
                 'randomness.deterministic=True']
 
@@ -100,7 +97,15 @@ def test_killed_two_process_run_resumes_to_the_same_weights(tiny_data, tmp_path)
         return dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
 
     reference = tmp_path / 'reference'
-    subprocess.run(dist_args(reference), cwd=ROOT, env=env(), check=True, capture_output=True)
+    result = subprocess.run(dist_args(reference), cwd=ROOT, env=env(), capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stdout + result.stderr
+    assert 'Distributed training: True' in log
+    # linear lr scaling by the real total batch: 2 processes x 8 images of 256
+    assert 'the current batch size is 16. Scaling the original LR by 0.0625' in log
+    # 60 images, batch 8 per process, 2 processes: 4 iterations per epoch
+    assert load(reference / 'epoch_1.pth')['meta']['iter'] == 4
 
     work = tmp_path / 'killed'
     proc = subprocess.Popen(dist_args(work), cwd=ROOT, env=env(), start_new_session=True,
@@ -110,13 +115,13 @@ def test_killed_two_process_run_resumes_to_the_same_weights(tiny_data, tmp_path)
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once
     proc.wait()
-    assert (work / 'epoch_1.pth').exists() and not (work / 'epoch_3.pth').exists()
+    assert (work / 'epoch_1.pth').exists() and not (work / 'epoch_2.pth').exists()
 
     result = subprocess.run(dist_args(work, '--resume'), cwd=ROOT, env=env(),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'resumed epoch:' in result.stdout + result.stderr
-    ref, got = load(reference / 'epoch_3.pth'), load(work / 'epoch_3.pth')
+    ref, got = load(reference / 'epoch_2.pth'), load(work / 'epoch_2.pth')
     assert ref['meta']['iter'] == got['meta']['iter']
     for key, value in ref['state_dict'].items():
         assert torch.equal(value, got['state_dict'][key]), key

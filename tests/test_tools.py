@@ -3,11 +3,10 @@ import json
 import os
 import os.path as osp
 import shutil
-import sys
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, ROOT, free_port, python_tool, quick_tool, run_tool, tiny_options
+from conftest import DEMO_CONFIG, python_tool, quick_tool, tiny_options
 
 pytestmark = pytest.mark.slow
 
@@ -17,12 +16,9 @@ def load(path):
 
 
 @pytest.fixture(scope='module')
-def trained(tiny_data, tmp_path_factory):
-    """One short training run (2 epochs) shared by the tests below."""
-    work_dir = str(tmp_path_factory.mktemp('train'))
-    python_tool('train.py', DEMO_CONFIG, '--work-dir', work_dir,
-                '--cfg-options', *tiny_options(tiny_data, epochs=2))
-    return work_dir
+def trained(tiny_run):
+    """The shared 2-epoch training run (conftest ``tiny_run``)."""
+    return str(tiny_run)
 
 
 def test_train_writes_checkpoints_and_logs(trained):
@@ -37,10 +33,10 @@ def test_test_reparam_test_gives_identical_top1(trained, tiny_data, tmp_path):
     ckpt = osp.join(trained, 'epoch_2.pth')
     data = tiny_options(tiny_data)
     metrics = tmp_path / 'train_metrics.json'
-    python_tool('test.py', DEMO_CONFIG, ckpt, '--work-dir', str(tmp_path),
+    quick_tool('test.py', DEMO_CONFIG, ckpt, '--work-dir', str(tmp_path),
                 '--out-metrics', str(metrics), '--cfg-options', *data)
     out = tmp_path / 'deploy' / 'a0_deploy.pth'
-    result = python_tool('reparam.py', DEMO_CONFIG, ckpt, str(out))
+    result = quick_tool('reparam.py', DEMO_CONFIG, ckpt, str(out))
     assert 'verified' in result.stdout
     deploy_cfg = str(out).replace('.pth', '.py')
     assert osp.isfile(out) and osp.isfile(deploy_cfg)
@@ -51,7 +47,7 @@ def test_test_reparam_test_gives_identical_top1(trained, tiny_data, tmp_path):
     assert not any('rbr_dense' in k for k in fused['state_dict'])
 
     deploy_metrics = tmp_path / 'deploy_metrics.json'
-    python_tool('test.py', deploy_cfg, str(out), '--work-dir', str(tmp_path),
+    quick_tool('test.py', deploy_cfg, str(out), '--work-dir', str(tmp_path),
                 '--out-metrics', str(deploy_metrics), '--cfg-options', *data)
     top1 = json.loads(metrics.read_text())['accuracy/top1']
     top1_deploy = json.loads(deploy_metrics.read_text())['accuracy/top1']
@@ -59,7 +55,7 @@ def test_test_reparam_test_gives_identical_top1(trained, tiny_data, tmp_path):
 
     # an already fused checkpoint is reported as such and re-written unchanged
     again = tmp_path / 'again.pth'
-    result = python_tool('reparam.py', DEMO_CONFIG, str(out), str(again))
+    result = quick_tool('reparam.py', DEMO_CONFIG, str(out), str(again))
     assert 'already re-parameterized' in result.stdout
     rewritten = load(again)['state_dict']
     assert rewritten.keys() == fused['state_dict'].keys()
@@ -94,7 +90,7 @@ def test_resume_continues_counters_and_lr(trained, tiny_data, tmp_path, how):
         resume = ['--resume']
     else:
         resume = ['--resume', first]
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', work_dir, *resume,
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', work_dir, *resume,
                          '--cfg-options', *tiny_options(tiny_data, epochs=2))
     log = result.stdout + result.stderr
     assert 'resumed epoch: 1' in log
@@ -105,21 +101,6 @@ def test_resume_continues_counters_and_lr(trained, tiny_data, tmp_path, how):
     ref_lr = [g['lr'] for g in ref['optimizer']['param_groups']]
     got_lr = [g['lr'] for g in got['optimizer']['param_groups']]
     assert got_lr == pytest.approx(ref_lr, rel=1e-12)
-
-
-def test_dist_train_two_processes_on_cpu(tiny_data, tmp_path):
-    result = run_tool('bash', osp.join(ROOT, 'tools', 'dist_train.sh'), DEMO_CONFIG, '2',
-                      '--work-dir', str(tmp_path),
-                      '--cfg-options', *tiny_options(tiny_data, epochs=1),
-                      env=dict(PYTHON=sys.executable, PORT=str(free_port())))
-    log = result.stdout + result.stderr
-    assert 'Distributed training: True' in log
-    # linear lr scaling by the real total batch: 2 processes x 8 images of 256
-    assert 'the current batch size is 16. Scaling the original LR by 0.0625' in log
-    assert "'world_size': 2" in log or 'world_size: 2' in log or 'GPU number: 2' in log
-    ckpt = load(osp.join(tmp_path, 'epoch_1.pth'))
-    # 60 images, batch 8 per process, 2 processes: 4 iterations per epoch
-    assert ckpt['meta']['iter'] == 4
 
 
 def test_unknown_arch_is_a_clear_error(tiny_data, tmp_path):
@@ -154,10 +135,10 @@ def test_converted_official_checkpoint_fine_tunes_with_load_from(trained, tiny_d
     official = {'module.' + k: v for k, v in FORMATS['official'].from_ours(ours).items()}
     src, dst = tmp_path / 'RepVGG-A0-train.pth', tmp_path / 'converted.pth'
     torch.save(official, src)
-    result = python_tool('convert_checkpoint.py', str(src), str(dst))
+    result = quick_tool('convert_checkpoint.py', str(src), str(dst))
     assert 'official format, training-time' in result.stdout
     work_dir = tmp_path / 'finetune'
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(work_dir),
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(work_dir),
                          '--cfg-options', f'load_from={dst}', 'train_cfg.max_epochs=1',
                          *tiny_options(tiny_data)[:3], *tiny_options(tiny_data)[4:])
     log = result.stdout + result.stderr

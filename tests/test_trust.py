@@ -18,7 +18,6 @@ from conftest import (
     ROOT,
     error_lines,
     plant_crafted_checkpoint,
-    python_tool,
     tiny_options,
     tool_in_process,
 )
@@ -40,13 +39,10 @@ def code_writing(marker):
 
 
 @pytest.fixture(scope='module')
-def trained(tiny_data, tmp_path_factory):
-    """One epoch of the demo config on the tiny data; its checkpoint is the input of
-    the tests below."""
-    work_dir = tmp_path_factory.mktemp('trust_train')
-    python_tool('train.py', DEMO_CONFIG, '--work-dir', str(work_dir),
-                '--cfg-options', *tiny_options(tiny_data, epochs=1))
-    return work_dir / 'epoch_1.pth'
+def trained(tiny_run):
+    """The first-epoch checkpoint of the shared training run (conftest ``tiny_run``):
+    the input of the tests below."""
+    return tiny_run / 'epoch_1.pth'
 
 
 def plant_code_strings(src, dst, marker):
