@@ -9,14 +9,7 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from repvgg_mm.checkpoints import (
-    CheckpointError,
-    block_variant_of,
-    guess_arch,
-    load_checkpoint_file,
-    load_state_dict_strict,
-    read_state_dict,
-)
+from repvgg_mm.checkpoints import load_checkpoint_file, load_weights_into, read_state_dict
 from repvgg_mm.registry import MODELS
 
 
@@ -68,19 +61,6 @@ def test_input_size(cfg: Config, default: int = 224) -> int:
             size = step.get('crop_size')
             return size if isinstance(size, int) else max(size)
     return default
-
-
-def load_weights_into(model: nn.Module, state_dict: dict, source: str) -> None:
-    """Strict load; on a mismatch, say which arch the checkpoint looks like."""
-    try:
-        load_state_dict_strict(model, state_dict, source)
-    except CheckpointError as exc:
-        arch = guess_arch(state_dict)
-        hint = (f'the checkpoint looks like RepVGG arch {arch!r}' if arch else
-                'its layout matches none of the known RepVGG archs')
-        if block_variant_of(state_dict) == 'qarepvgg':
-            hint += " with QARepVGG blocks (backbone.block_variant='qarepvgg')"
-        raise CheckpointError(f'{exc}; {hint}') from exc
 
 
 def load_checkpoint_into(model: nn.Module, checkpoint: str,

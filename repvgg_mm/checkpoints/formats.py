@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 from repvgg_mm.models.backbones.repvgg import stage_widths
 from repvgg_mm.models.necks.aux_neck import AUX_NAMES
 
-from .io import CheckpointError
+from .io import CheckpointError, load_state_dict_strict
 
 
 @dataclass(frozen=True)
@@ -209,3 +210,18 @@ def to_ours(state_dict: Mapping[str, torch.Tensor], src_format: Optional[str] = 
     if fmt not in FORMATS:
         raise CheckpointError(f'unknown checkpoint format {fmt!r}; known: {", ".join(FORMATS)}')
     return FORMATS[fmt].to_ours(state_dict), fmt
+
+
+def load_weights_into(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Load ``state_dict`` strictly into ``model`` (non-finite tensors refused); on a
+    mismatch, the one-line error names ``source``, the keys and the arch the checkpoint
+    looks like."""
+    try:
+        load_state_dict_strict(model, state_dict, source)
+    except CheckpointError as exc:
+        arch = guess_arch(state_dict)
+        hint = (f'the checkpoint looks like RepVGG arch {arch!r}' if arch else
+                'its layout matches none of the known RepVGG archs')
+        if block_variant_of(state_dict) == 'qarepvgg':
+            hint += " with QARepVGG blocks (backbone.block_variant='qarepvgg')"
+        raise CheckpointError(f'{exc}; {hint}') from exc

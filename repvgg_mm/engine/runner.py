@@ -18,6 +18,7 @@ from repvgg_mm.checkpoints import (
     check_finite,
     extract_state_dict,
     load_checkpoint_file,
+    load_weights_into,
     to_ours,
 )
 from repvgg_mm.registry import RUNNERS
@@ -122,7 +123,6 @@ def load_partially(model: torch.nn.Module, state_dict: dict, source: str,
             ``ignore_keys`` -- or a pattern that matches no key at all (a typo would
             otherwise make the option do nothing).
     """
-    from repvgg_mm.apis.model import load_weights_into
     own = model.state_dict()
     for pattern in ignore_keys:
         if not any(fnmatch.fnmatchcase(k, pattern) for k in [*own, *state_dict]):
@@ -242,8 +242,7 @@ class RepVGGRunner(Runner):
             self.logger.info(f'load_ignore_keys: kept the initial values of {len(skipped)} '
                              f'keys {skipped[:6]}')
         else:
-            from repvgg_mm.apis.model import load_weights_into
-            load_weights_into(model, state_dict, filename)
+                    load_weights_into(model, state_dict, filename)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
