@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import DEMO_CONFIG, ROOT, python_tool, randomize_bn
+from conftest import DEMO_CONFIG, ROOT, python_tool, quick_tool, randomize_bn
 
 from repvgg_mm.apis import (
     RepVGGInferencer,
@@ -54,9 +54,9 @@ def trained(tmp_path_factory):
     options = [f'{s}_dataloader.dataset.data_root={data}' for s in ('train', 'val', 'test')]
     options += [f'{s}_dataloader.{k}' for s in ('train', 'val', 'test')
                 for k in ('batch_size=10', 'num_workers=0', 'persistent_workers=False')]
-    python_tool('train.py', str(config), '--work-dir', work_dir, '--cfg-options', *options,
-                'auto_scale_lr.base_batch_size=10', f'default_hooks.checkpoint.interval={EPOCHS}',
-                'default_hooks.logger.interval=1', env=dict(OMP_NUM_THREADS='1'))
+    quick_tool('train.py', str(config), '--work-dir', work_dir, '--cfg-options', *options,
+               'auto_scale_lr.base_batch_size=10', f'default_hooks.checkpoint.interval={EPOCHS}',
+               'default_hooks.logger.interval=1')
     with open(osp.join(data, 'train_list.txt')) as f:
         images = [(osp.join(data, p), int(label)) for p, label in (ln.split() for ln in f)]
     return str(config), osp.join(work_dir, f'epoch_{EPOCHS}.pth'), work_dir, images
@@ -226,9 +226,9 @@ def test_tensorboard_option_without_tensorboard_names_the_install(monkeypatch, t
 
 
 def test_get_flops_tool_prints_mmengines_count():
-    result = python_tool(osp.join('analysis', 'get_flops.py'),
-                         osp.join(ROOT, 'configs', 'repvgg-a0.py'), '--deploy',
-                         '--shape', '64', '96', env=dict(OMP_NUM_THREADS='1'))
+    result = quick_tool(osp.join('analysis', 'get_flops.py'),
+                        osp.join(ROOT, 'configs', 'repvgg-a0.py'), '--deploy',
+                        '--shape', '64', '96')
     report = json.loads(result.stdout.strip().splitlines()[-1])
     cfg = load_config(osp.join(ROOT, 'configs', 'repvgg-a0.py'))
     assert report == dict(config_complexity(cfg, deploy=True, shape=(64, 96)),

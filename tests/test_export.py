@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_CONFIG, ROOT, python_tool, randomize_bn, tool_in_process
+from conftest import DEMO_CONFIG, ROOT, quick_tool, randomize_bn, tool_in_process
 from mmengine.config import Config
 
 from repvgg_mm.apis import (
@@ -44,21 +44,12 @@ def _export_and_compare(model: torch.nn.Module, fused: torch.nn.Module, path: st
 def test_every_arch_structure_exports_and_matches(config, tmp_path):
     """Every arch's structure (blocks per stage, grouping, SE, RepVGGplus's split
     stage) at a quarter of its width (base_channels 16 instead of 64: 1/16 of the
-    parameters) so that all 15 export quickly; the full widths of A0 and L2pse are
-    exported as shipped below."""
+    parameters) so that all 15 export quickly; A0 is exported at its full width
+    below."""
     cfg = Config.fromfile(f'{ROOT}/configs/{config}.py')
     cfg.model.backbone.base_channels = 16
     cfg.model.head.in_channels //= 4
     fused = build_model(deploy_config(cfg)).eval()
-    _export_and_compare(fused, fused, str(tmp_path / 'model.onnx'))
-
-
-def test_shipped_deploy_structure_exports(tmp_path):
-    """RepVGGplus-L2pse at its full width (the fused structure as shipped, SE kept, no
-    aux classifiers), exported at 32x32. (D2se's structure, SE included, is exported at
-    a quarter width above.)"""
-    cfg = deploy_config(Config.fromfile(f'{ROOT}/configs/repvggplus-l2pse.py'))
-    fused = build_model(cfg).eval()
     _export_and_compare(fused, fused, str(tmp_path / 'model.onnx'))
 
 
@@ -99,7 +90,7 @@ def test_export_tool_and_onnx_top1_match_pytorch(demo_checkpoint, tiny_data, tmp
     """The tool on the demo config (its own loaders, workers included): verified, a
     dynamic batch, and the ONNX top-1 equal to PyTorch's, normalised or raw input."""
     out = tmp_path / 'model.onnx'
-    result = python_tool('export_onnx.py', DEMO_CONFIG, demo_checkpoint, str(out))
+    result = quick_tool('export_onnx.py', DEMO_CONFIG, demo_checkpoint, str(out))
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report['max_rel_diff'] <= 1e-4 and report['input_size'] == 32
     assert not report['already_fused'] and report['input'] == 'normalized'

@@ -9,7 +9,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_CONFIG, ROOT, python_tool
+from conftest import DEMO_CONFIG, ROOT, python_tool, quick_tool
 from mmengine.config import Config
 from PIL import Image
 from torchvision.io import decode_jpeg
@@ -188,11 +188,11 @@ def test_prefetch_thread_gives_the_same_batches(tiny_data):
 def test_train_one_epoch_with_the_gpu_decode_config(tiny_data, tmp_path):
     """tools/train.py with the demo variant as shipped (its 2 persistent workers)."""
     work_dir = tmp_path / 'work'
-    python_tool('train.py', GPU_DEMO_CONFIG, '--work-dir', str(work_dir), '--cfg-options',
-                *[f'{s}_dataloader.dataset.data_root={tiny_data}'
-                  for s in ('train', 'val', 'test')],
-                'train_cfg.max_epochs=1', 'train_dataloader.batch_size=16',
-                'default_hooks.logger.interval=1')
+    quick_tool('train.py', GPU_DEMO_CONFIG, '--work-dir', str(work_dir), '--cfg-options',
+               *[f'{s}_dataloader.dataset.data_root={tiny_data}'
+                 for s in ('train', 'val', 'test')],
+               'train_cfg.max_epochs=1', 'train_dataloader.batch_size=16',
+               'default_hooks.logger.interval=1')
     assert (work_dir / 'epoch_1.pth').is_file()
     logs = ''.join(p.read_text() for p in work_dir.rglob('*.log'))
     assert 'Epoch(train) [1][4/4]' in logs and 'loss:' in logs

@@ -249,9 +249,9 @@ def test_ema_option_adds_mmengines_ema_hook(tmp_path):
 
 @pytest.mark.slow
 def test_vis_lr_tool_writes_csv_and_png(tmp_path):
-    from conftest import python_tool
+    from conftest import quick_tool
     out = tmp_path / 'lr'
-    result = python_tool(osp.join('analysis', 'vis_lr.py'),
+    result = quick_tool(osp.join('analysis', 'vis_lr.py'),
                          osp.join(ROOT, 'configs', 'repvgg-a0.py'),
                          '--dataset-size', '2560', '--gpus', '8', '--out', str(out))
     assert 'total iterations: 3000 (300 epochs x 10 iterations)' in result.stdout
@@ -265,8 +265,8 @@ def test_vis_lr_tool_writes_csv_and_png(tmp_path):
 
 @pytest.mark.slow
 def test_print_param_groups_tool():
-    from conftest import python_tool
-    result = python_tool(osp.join('analysis', 'print_param_groups.py'),
+    from conftest import quick_tool
+    result = quick_tool(osp.join('analysis', 'print_param_groups.py'),
                          osp.join(ROOT, 'configs', 'repvgg-a0.py'))
     lines = result.stdout.splitlines()
     row = next(line for line in lines

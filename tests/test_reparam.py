@@ -4,7 +4,7 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, plant_crafted_checkpoint, python_tool, quick_tool, randomize_bn
+from conftest import ROOT, plant_crafted_checkpoint, quick_tool, randomize_bn
 from mmengine.config import Config
 from mmpretrain.models.backbones import RepVGG as MMPretrainRepVGG
 from test_backbone import PARAMS
@@ -202,8 +202,8 @@ def test_reparam_tool_refuses_a_crafted_pickle(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_tool_prints_both_models():
-    result = python_tool('benchmark.py', A0_CONFIG, '--batch-size', '2', '--input-size', '64',
-                         '--repeats', '2', '--iters', '1', '--warmup', '1')
+    result = quick_tool('benchmark.py', A0_CONFIG, '--batch-size', '2', '--input-size', '64',
+                        '--repeats', '2', '--iters', '1', '--warmup', '1')
     lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
     import json
     rows = [json.loads(line) for line in lines]

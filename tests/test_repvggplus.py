@@ -161,7 +161,7 @@ def test_l2pse_recipe_config():
 def test_train_reparam_test_a_small_repvggplus_on_demo_data(tiny_data, tmp_path):
     import json
 
-    from conftest import DEMO_CONFIG, python_tool, quick_tool, tiny_options
+    from conftest import DEMO_CONFIG, quick_tool, tiny_options
     config = tmp_path / 'plus_demo.py'
     config.write_text(f"""_base_ = ['{DEMO_CONFIG}']
 model = dict(
@@ -175,8 +175,8 @@ model = dict(
               loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')))
 """)
     work = tmp_path / 'work'
-    result = python_tool('train.py', str(config), '--work-dir', str(work),
-                         '--cfg-options', *tiny_options(tiny_data, epochs=1))
+    result = quick_tool('train.py', str(config), '--work-dir', str(work),
+                        '--cfg-options', *tiny_options(tiny_data, epochs=1))
     log = result.stdout + result.stderr
     assert 'loss_stage1_aux:' in log and 'loss_stage3_first_aux:' in log
     ckpt = str(work / 'epoch_1.pth')
