@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import DEMO_CONFIG, ROOT, python_tool, quick_tool, randomize_bn
+from conftest import DEMO_CONFIG, ROOT, quick_tool, randomize_bn
 
 from repvgg_mm.apis import (
     RepVGGInferencer,
@@ -153,9 +153,8 @@ def test_infer_tool_with_a_fused_checkpoint_writes_json_and_pictures(trained, tm
     reparameterize_checkpoint(load_config(config), checkpoint, fused)
     paths = [p for p, _ in images[:4]]
     out, show_dir = tmp_path / 'pred.json', tmp_path / 'shown'
-    result = python_tool('infer.py', osp.splitext(fused)[0] + '.py', fused, *paths,
-                         '--topk', '3', '--out', str(out), '--show-dir', str(show_dir),
-                         env=dict(OMP_NUM_THREADS='1'))
+    result = quick_tool('infer.py', osp.splitext(fused)[0] + '.py', fused, *paths,
+                        '--topk', '3', '--out', str(out), '--show-dir', str(show_dir))
     records = json.loads(out.read_text())
     assert [r['image'] for r in records] == paths
     for record, (_, label) in zip(records, images):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, ROOT, python_tool, tiny_options
+from conftest import DEMO_CONFIG, ROOT, quick_tool, tiny_options
 
 from repvgg_mm.engine.runner import find_resumable_checkpoint, is_complete_checkpoint
 
@@ -38,8 +38,8 @@ def test_truncated_checkpoint_is_reported_and_the_previous_one_used(tiny_run, ti
     assert not is_complete_checkpoint(str(work / 'epoch_2.pth'))
     assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_1.pth')
 
-    result = python_tool('train.py', DEMO_CONFIG, '--work-dir', str(work), '--resume',
-                         '--cfg-options', *tiny_options(tiny_data, epochs=2))
+    result = quick_tool('train.py', DEMO_CONFIG, '--work-dir', str(work), '--resume',
+                        '--cfg-options', *tiny_options(tiny_data, epochs=2))
     log = result.stdout + result.stderr
     assert f'checkpoint {work / "epoch_2.pth"} is truncated' in log
     assert 'resumed epoch: 1' in log
