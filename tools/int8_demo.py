@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--calib-images', type=int, default=256)
     parser.add_argument('--method', default='minmax',
                         help='calibration method passed to tools/quantize.py')
+    parser.add_argument('--models', nargs='+', default=[name for name, _ in MODELS],
+                        choices=[name for name, _ in MODELS],
+                        help='the models to run (default: both)')
     return parser.parse_args(argv)
 
 
@@ -100,7 +103,7 @@ def main() -> int:
     if not all(osp.isfile(osp.join(args.data_root, f'{s}_list.txt')) for s in ('train', 'val')):
         print(f'generating the demo data set in {args.data_root} ...', flush=True)
         generate_demo_dataset(args.data_root)
-    rows = [run_one(name, config, args) for name, config in MODELS]
+    rows = [run_one(name, config, args) for name, config in MODELS if name in args.models]
     summary = dict(rows=rows, epochs=args.epochs, seconds=round(time.time() - start, 1))
     os.makedirs(args.work_dir, exist_ok=True)
     path = osp.join(args.work_dir, 'summary.json')
