@@ -16,12 +16,9 @@ from torchvision.io import decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
 from repvgg_mm.apis import build_model
-from repvgg_mm.datasets.gpu_augment import (
-    crop_resize_flip,
-    random_resized_crop_box,
-    sample_seed,
-)
+from repvgg_mm.datasets.gpu_augment import crop_resize_flip, draw_crop_and_flip
 from repvgg_mm.datasets.gpu_loader import build_loader
+from repvgg_mm.datasets.samplers import sample_seed
 from repvgg_mm.datasets.synthetic_imagenet import draw_photo, make_synthetic_imagenet
 from repvgg_mm.engine import ChannelsLastHook
 
@@ -87,8 +84,9 @@ def test_crop_boxes_match_torchvision_and_rrc_ranges():
     areas, aspects = [], []
     for seed in range(1000):
         height, width = (375, 500) if seed % 2 else (500, 333)
-        gen = torch.Generator().manual_seed(sample_seed(0, 1, seed))
-        ours = random_resized_crop_box(height, width, scale, ratio, gen)
+        state = torch.get_rng_state()
+        ours, _ = draw_crop_and_flip(height, width, scale, ratio, 0.5, sample_seed(0, 1, seed))
+        assert torch.equal(torch.get_rng_state(), state)  # the global state is untouched
         torch.manual_seed(sample_seed(0, 1, seed))
         theirs = RandomResizedCrop.get_params(torch.empty(3, height, width), scale, ratio)
         assert ours == tuple(theirs)
@@ -105,8 +103,7 @@ def test_crop_boxes_match_torchvision_and_rrc_ranges():
     assert areas.max() > 0.9 and areas.min() < 0.1  # the whole range is used
     assert abs(np.log(aspects).mean()) < 0.02  # log-uniform, symmetric around 1
     # a very wide image falls back to torchvision's centre crop
-    gen = torch.Generator().manual_seed(0)
-    assert random_resized_crop_box(10, 400, scale, ratio, gen) == (0, 193, 10, 13)
+    assert draw_crop_and_flip(10, 400, scale, ratio, 0.5, 0)[0] == (0, 193, 10, 13)
 
 
 def test_resize_agrees_with_the_cpu_pipeline(tmp_path):

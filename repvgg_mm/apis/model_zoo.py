@@ -18,16 +18,12 @@ import torch.nn as nn
 import yaml
 from mmengine.config import Config
 
-from repvgg_mm.checkpoints import is_fused, read_state_dict
-from repvgg_mm.models.reparam import reparameterize_model
-
 from .model import (
     build_model,
-    checkpoint_meta,
     config_class_names,
     deploy_config,
-    load_weights_into,
 )
+from .reparam import load_fused_model
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')
@@ -130,17 +126,10 @@ def get_model(name_or_config: Union[str, Config], checkpoint: Optional[str] = No
     if checkpoint is None:
         model = build_model(deploy_config(cfg) if deploy else cfg)
     else:
-        state_dict, _ = read_state_dict(checkpoint)
-        if is_fused(state_dict):
-            deploy = True
-            model = build_model(deploy_config(cfg))
-            load_weights_into(model, state_dict, checkpoint)
-        else:
-            model = build_model(cfg)
-            load_weights_into(model, state_dict, checkpoint)
-            if deploy:
-                model = reparameterize_model(model.eval())
-        dataset_meta = checkpoint_meta(checkpoint).get('dataset_meta')
+        loaded = load_fused_model(cfg, checkpoint, fuse=deploy)
+        deploy = loaded['fused'] is not None  # a fused checkpoint gives the fused model
+        model = loaded['fused'] if deploy else loaded['training']
+        dataset_meta = loaded['meta'].get('dataset_meta')
     if not dataset_meta or not dataset_meta.get('classes'):
         dataset_meta = dict(classes=config_class_names(cfg))
     classes, num_classes = dataset_meta['classes'], cfg.model.get('head', {}).get('num_classes')

@@ -10,7 +10,7 @@ from repvgg_mm.checkpoints import (
     check_finite,
     guess_arch,
     is_fused,
-    read_state_dict,
+    read_checkpoint,
     save_atomic,
 )
 from repvgg_mm.fileio import OutputPathError, atomic_open, check_output_paths, make_folders
@@ -18,7 +18,6 @@ from repvgg_mm.models.reparam import max_logit_difference, reparameterize_model
 
 from .model import (
     build_model,
-    checkpoint_meta,
     deploy_config,
     load_weights_into,
     test_input_size,
@@ -27,30 +26,36 @@ from .model import (
 DEFAULT_TOLERANCE = 1e-4
 
 
-def load_fused_model(cfg: Config, checkpoint: str, src_format: Optional[str] = None) -> dict:
+def load_fused_model(cfg: Config, checkpoint: str, src_format: Optional[str] = None,
+                     fuse: bool = True) -> dict:
     """Read ``checkpoint`` (any known format, training-time or fused) and return the
     fused model built from ``cfg``, in eval mode.
 
     A training-time checkpoint is loaded strictly into ``cfg``'s model and fused with
-    :func:`reparameterize_model`; a fused one is loaded into the deploy model as it is.
+    :func:`reparameterize_model` (only loaded with ``fuse=False``); a fused one is
+    loaded into the deploy model as it is.
 
     Returns:
-        dict: ``fused`` (the fused model), ``training`` (the loaded training-time model,
-        None when the checkpoint was already fused), ``state_dict`` (as read, our key
-        format) and ``src_format``.
+        dict: ``fused`` (the fused model; None for a training-time checkpoint with
+        ``fuse=False``), ``training`` (the loaded training-time model, None when the
+        checkpoint was already fused), ``state_dict`` (as read, our key format),
+        ``src_format`` and ``meta`` (the checkpoint's, e.g. ``dataset_meta``).
     """
-    state_dict, fmt = read_state_dict(checkpoint, src_format)
-    training = None
+    state_dict, fmt, meta = read_checkpoint(checkpoint, src_format)
+    training = fused = None
     if is_fused(state_dict):
         fused = build_model(deploy_config(cfg))
         load_weights_into(fused, state_dict, checkpoint)
+        fused.eval()
     else:
         training = build_model(cfg)
         load_weights_into(training, state_dict, checkpoint)
         training.eval()
-        fused = reparameterize_model(training)
-        check_finite(fused.state_dict(), f'{checkpoint} after fusion')
-    return dict(fused=fused.eval(), training=training, state_dict=state_dict, src_format=fmt)
+        if fuse:
+            fused = reparameterize_model(training).eval()
+            check_finite(fused.state_dict(), f'{checkpoint} after fusion')
+    return dict(fused=fused, training=training, state_dict=state_dict, src_format=fmt,
+                meta=meta)
 
 
 def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
@@ -116,7 +121,7 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
                 source_config=cfg.filename, arch=guess_arch(state_dict),
                 max_rel_diff=report['max_rel_diff'])
     # keep the class names MMEngine stored, so inference on the fused model names classes
-    dataset_meta = checkpoint_meta(checkpoint).get('dataset_meta')
+    dataset_meta = loaded['meta'].get('dataset_meta')
     if dataset_meta:
         meta['dataset_meta'] = dataset_meta
     # both files are complete in temporary files before either is renamed into place

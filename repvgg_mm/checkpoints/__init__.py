@@ -15,6 +15,7 @@ from .io import (
                  extract_state_dict,
                  load_checkpoint_file,
                  load_state_dict_strict,
+                 read_checkpoint,
                  read_state_dict,
                  save_atomic,
 )
@@ -23,6 +24,7 @@ from .safe_load import allow_training_checkpoints, trusted_checkpoint_globals
 __all__ = ['CheckpointError', 'FORMATS', 'KeyFormat', 'allow_training_checkpoints', 'check_finite',
            'convert_checkpoint',
            'block_variant_of', 'detect_format', 'extract_state_dict', 'guess_arch', 'is_fused',
-           'load_checkpoint_file', 'load_weights_into', 'load_state_dict_strict', 'read_state_dict',
+           'load_checkpoint_file', 'load_weights_into', 'load_state_dict_strict', 'read_checkpoint',
+           'read_state_dict',
            'save_atomic', 'to_ours',
            'trusted_checkpoint_globals']

@@ -123,12 +123,24 @@ def check_finite(state_dict: Mapping[str, torch.Tensor], source: str = '<checkpo
                               f'{more}; refusing to use these weights')
 
 
-def read_state_dict(path: str, src_format: Optional[str] = None) -> Tuple[Dict[str, Any], str]:
-    """Read a checkpoint of any known format safely and rename its keys to ours.
+def read_checkpoint(path: str, src_format: Optional[str] = None
+                    ) -> Tuple[Dict[str, Any], str, Dict[str, Any]]:
+    """Read a checkpoint of any known format safely (once) and rename its keys to ours.
 
     Returns:
-        tuple[dict, str]: the state dict with our key names, and the detected (or given)
-        source format.
+        tuple[dict, str, dict]: the state dict with our key names, the detected (or
+        given) source format, and the checkpoint's ``meta`` (MMEngine keeps
+        ``dataset_meta`` there; empty for a plain state dict).
     """
     from .formats import to_ours  # formats imports this module
-    return to_ours(extract_state_dict(load_checkpoint_file(path), path), src_format, path)
+    content = load_checkpoint_file(path)
+    meta = content.get('meta') if isinstance(content, dict) else None
+    state_dict, fmt = to_ours(extract_state_dict(content, path), src_format, path)
+    return state_dict, fmt, dict(meta) if isinstance(meta, dict) else {}
+
+
+def read_state_dict(path: str, src_format: Optional[str] = None) -> Tuple[Dict[str, Any], str]:
+    """:func:`read_checkpoint` without the meta: the state dict (our key names) and
+    its source format."""
+    state_dict, fmt, _ = read_checkpoint(path, src_format)
+    return state_dict, fmt

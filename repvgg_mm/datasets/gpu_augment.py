@@ -3,14 +3,13 @@
 generator seeded by (seed, epoch, sample), decoding with the CPU fallback, and the
 antialiased crop-resize. :mod:`repvgg_mm.datasets.gpu_loader` puts them together."""
 import io
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from repvgg_mm.datasets.loading import image_is_complete
@@ -19,41 +18,18 @@ from repvgg_mm.datasets.loading import image_is_complete
 _GPU_JPEG_MODES = ('RGB', 'L')
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 64-bit generator seed that depends on (seed, epoch, sample index) only, so a
-    sample's augmentation is the same whichever worker draws it and after a resume."""
-    state = np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(2)
-    return int(state[0]) << 32 | int(state[1])
-
-
-def random_resized_crop_box(height: int, width: int, scale: Sequence[float],
-                            ratio: Sequence[float],
-                            generator: torch.Generator) -> Tuple[int, int, int, int]:
-    """``(top, left, h, w)`` of a random-resized crop, drawn as torchvision's
-    ``RandomResizedCrop.get_params`` draws it (same calls in the same order), from
-    ``generator`` instead of the global generator."""
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1],
-                                                     generator=generator).item()
-        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1],
-                                                   generator=generator)).item()
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = torch.randint(0, height - h + 1, size=(1, ), generator=generator).item()
-            left = torch.randint(0, width - w + 1, size=(1, ), generator=generator).item()
-            return top, left, h, w
-    # fallback to a centre crop, as torchvision
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+def draw_crop_and_flip(height: int, width: int, scale: Sequence[float],
+                       ratio: Sequence[float], flip_prob: float,
+                       seed: int) -> Tuple[Tuple[int, int, int, int], bool]:
+    """The random-resized-crop box ``(top, left, h, w)`` -- drawn by torchvision's
+    ``RandomResizedCrop.get_params`` -- and whether to flip, from torch's generator
+    seeded with ``seed`` for this sample alone (the caller's random state is kept)."""
+    shape_only = torch.empty(1, 1, 1).expand(3, height, width)  # no memory: the size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        box = RandomResizedCrop.get_params(shape_only, list(scale), list(ratio))
+        flip = bool(torch.rand(1).item() < flip_prob)
+    return tuple(box), flip
 
 
 def broken_message(path: str, reason: str) -> str:
@@ -95,9 +71,8 @@ def read_sample(path: str, label: int, index: int, seed: int, scale: Sequence[fl
     except (OSError, UnidentifiedImageError, RuntimeError, ValueError) as exc:
         item['error'] = broken_message(path, str(exc))
         return item
-    gen = torch.Generator().manual_seed(seed)
-    item['box'] = random_resized_crop_box(height, width, scale, ratio, gen)
-    item['flip'] = bool(torch.rand(1, generator=gen).item() < flip_prob)
+    item['box'], item['flip'] = draw_crop_and_flip(height, width, scale, ratio, flip_prob,
+                                                   seed)
     item['size'] = (height, width)
     if image is None:
         item['bytes'] = torch.frombuffer(bytearray(data), dtype=torch.uint8)

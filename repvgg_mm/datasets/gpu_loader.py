@@ -19,8 +19,8 @@ from repvgg_mm.datasets.gpu_augment import (
     decode_jpegs,
     decode_on_cpu,
     read_sample,
-    sample_seed,
 )
+from repvgg_mm.datasets.samplers import sample_seed
 from repvgg_mm.registry import DATA_LOADERS, DATA_SAMPLERS, DATASETS
 
 

@@ -15,12 +15,12 @@ from mmengine.runner import Runner
 
 from repvgg_mm.checkpoints import (
     CheckpointError,
-    check_finite,
     extract_state_dict,
     load_checkpoint_file,
     load_weights_into,
     to_ours,
 )
+from repvgg_mm.fileio import atomic_path
 from repvgg_mm.registry import RUNNERS
 
 _CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
@@ -166,18 +166,13 @@ class RepVGGRunner(Runner):
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         if not osp.isdir(out_dir):  # remote storage: leave it to MMEngine
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)
-        tmp_name = f'.{filename}.tmp'
-        tmp, final = osp.join(out_dir, tmp_name), osp.join(out_dir, filename)
+        final = osp.join(out_dir, filename)
         try:
-            super().save_checkpoint(out_dir, tmp_name, *args, **kwargs)
-            with open(tmp, 'rb+') as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException as exc:
-            if osp.exists(tmp):
-                os.remove(tmp)
-            if not isinstance(exc, (OSError, RuntimeError)):
-                raise  # e.g. interrupted while saving: nothing partial left either
+            with atomic_path(final) as tmp:  # removed again if anything below fails
+                super().save_checkpoint(out_dir, osp.basename(tmp), *args, **kwargs)
+                with open(tmp, 'rb+') as f:
+                    os.fsync(f.fileno())
+        except (OSError, RuntimeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise OSError(f'could not write checkpoint {final!r} (work dir {out_dir!r}): '
                           f'{reason}; nothing partial was left, the previous checkpoints '
@@ -235,14 +230,13 @@ class RepVGGRunner(Runner):
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         state_dict, _ = to_ours(extract_state_dict(checkpoint, filename), None, filename)
-        check_finite(state_dict, filename)
         ignore = [] if resuming else list(self.cfg.get('load_ignore_keys') or [])
         if ignore:
             skipped = load_partially(model, state_dict, filename, ignore)
             self.logger.info(f'load_ignore_keys: kept the initial values of {len(skipped)} '
                              f'keys {skipped[:6]}')
         else:
-                    load_weights_into(model, state_dict, filename)
+            load_weights_into(model, state_dict, filename)  # refuses NaN/inf too
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
