@@ -60,6 +60,21 @@ def python_tool(tool, *args, **kwargs):
     return run_tool(sys.executable, osp.join(ROOT, 'tools', tool), *args, **kwargs)
 
 
+def _forget_mmengine_instances():
+    """Drop MMEngine's named loggers, message hubs and visualizers. They are keyed by a
+    timestamp with one-second resolution, so a tool run in the same second as the
+    previous one would reuse that run's instances -- its log streams and files, its
+    runtime info. In a real process each tool starts with none."""
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.visualization import Visualizer
+    classes = [MMLogger, MessageHub, Visualizer]
+    while classes:
+        cls = classes.pop()
+        if '_instance_dict' in vars(cls):
+            cls._instance_dict.clear()
+        classes.extend(cls.__subclasses__())
+
+
 def tool_in_process(tool, *args):
     """Run ``tools/<tool>`` as ``__main__`` inside this process (no interpreter start-up:
     fast enough for many error-path checks). Returns ``(exit status, stdout, stderr)``.
@@ -70,6 +85,7 @@ def tool_in_process(tool, *args):
     argv, cwd = sys.argv, os.getcwd()
     sys.argv = [osp.join(ROOT, 'tools', tool), *map(str, args)]
     status = 0
+    _forget_mmengine_instances()
     try:
         os.chdir(ROOT)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
