@@ -137,17 +137,17 @@ def tiny_run(tiny_data, tmp_path_factory):
     return work_dir
 
 
-def tiny_options(data_root, epochs=1, shipped_loader=False):
+def tiny_options(data_root, epochs=1, persistent_workers=0):
     """--cfg-options that make the demo config train fast on ``tiny_data``.
 
-    With ``shipped_loader`` the data loaders keep the config's own worker settings
-    (the demo's: one persistent worker per loader), as a user runs them; otherwise
-    they load in the main process.
+    The data loaders load in the main process (the demo config's own setting), or with
+    ``persistent_workers=N`` through N persistent workers each, as the ImageNet configs
+    load.
     """
-    loader = [] if shipped_loader else [
-        'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-        'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
-        'val_dataloader.persistent_workers=False', 'test_dataloader.persistent_workers=False']
+    workers = max(persistent_workers, 0)
+    loader = [f'{split}_dataloader.{key}'
+              for split in ('train', 'val', 'test')
+              for key in (f'num_workers={workers}', f'persistent_workers={workers > 0}')]
     return [f'{s}_dataloader.dataset.data_root={data_root}' for s in ('train', 'val', 'test')] \
         + [f'train_cfg.max_epochs={epochs}', 'train_dataloader.batch_size=8',
            'val_dataloader.batch_size=8', 'test_dataloader.batch_size=8', *loader,

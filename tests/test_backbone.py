@@ -145,3 +145,68 @@ def test_custom_arch_dict():
     assert model.stage2[0].groups == 2 and model.stage1[0].groups == 1
     with pytest.raises(KeyError, match='width_factor'):
         RepVGG(dict(num_blocks=[1, 1, 1, 1]))
+
+
+def _identity_blocks(backbone):
+    from repvgg_mm.models.blocks import RepVGGBlock
+    return [m for m in backbone.modules()
+            if isinstance(m, RepVGGBlock) and isinstance(m.rbr_identity, _BatchNorm)]
+
+
+def test_identity_init_starts_every_identity_block_as_identity():
+    """identity_init (the demo config's): blocks with an identity branch pass their
+    (non-negative) input through, scaled, at the start; the others are untouched; the
+    runner's init_weights keeps it; the fused model is exact after training steps."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'demo', 'repvgg-a0_demo.py'))
+    assert cfg.model.backbone.identity_init is True
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()  # what the runner calls before training
+    backbone = model.backbone
+    blocks = _identity_blocks(backbone)
+    assert len(blocks) == 1 + 3 + 13  # A0: all blocks but the first of each stage
+    for block in blocks:
+        assert not block.rbr_dense.bn.weight.any() and not block.rbr_1x1.bn.weight.any()
+        assert torch.all(block.rbr_identity.bias == RepVGG.IDENTITY_INIT_BIAS)
+        x = torch.relu(torch.randn(8, block.in_channels, 6, 6))  # a ReLU's output
+        block.train()
+        y = block(x)
+        bn = block.rbr_identity
+        mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False,
+                                                               keepdim=True)
+        expected = (x - mean) / torch.sqrt(var + bn.eps) + RepVGG.IDENTITY_INIT_BIAS
+        assert torch.all(expected > 0)  # the final ReLU clips nothing
+        torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
+    first = backbone.stage1[0]  # no identity branch: default initialisation
+    assert first.rbr_identity is None and first.rbr_dense.bn.weight.all()
+
+    # a few SGD steps, then fusion: exact as ever
+    backbone.train()
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        backbone(torch.randn(4, 3, 32, 32))[-1].square().mean().backward()
+        optimizer.step()
+    backbone.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = backbone(x)[-1]
+        backbone.switch_to_deploy()
+        torch.testing.assert_close(backbone(x)[-1], before, rtol=1e-4, atol=1e-4)
+
+
+def test_identity_init_off_by_default_and_its_limits(tmp_path):
+    default = RepVGG('A0')
+    assert all(b.rbr_dense.bn.weight.all() for b in _identity_blocks(default))
+    # the fused structure has nothing to initialise: accepted (reparam's deploy configs)
+    assert RepVGG('A0', deploy=True, identity_init=True).identity_init is False
+    with pytest.raises(ValueError, match="identity_init=True needs block_variant='repvgg'"):
+        RepVGG('A0', block_variant='qarepvgg', identity_init=True)
+    # weights loaded by a Pretrained init_cfg are not overwritten
+    source = RepVGG('A0')
+    torch.save(source.state_dict(), tmp_path / 'w.pth')
+    loaded = RepVGG('A0', identity_init=True,
+                    init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'w.pth')))
+    loaded.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

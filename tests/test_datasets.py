@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_CONFIG
+from conftest import DEMO_CONFIG, ROOT
 from PIL import Image
 
 from repvgg_mm.datasets import ImageNetLayoutDataset, generate_demo_dataset
@@ -63,8 +63,9 @@ def _digest(root):
 
 def test_demo_generator_is_deterministic(tmp_path):
     a, b = tmp_path / 'a', tmp_path / 'b'
-    counts = generate_demo_dataset(str(a), train_per_class=2, val_per_class=1)
-    generate_demo_dataset(str(b), train_per_class=2, val_per_class=1)
+    counts = generate_demo_dataset(str(a), train_per_class=2, val_per_class=1, workers=1)
+    # drawn by two processes: the same bytes
+    generate_demo_dataset(str(b), train_per_class=2, val_per_class=1, workers=2)
     assert counts == {'train': 20, 'val': 10}
     assert _digest(a) == _digest(b)
     lines = (a / 'train_list.txt').read_text().splitlines()
@@ -108,7 +109,10 @@ def test_augmentation_depends_only_on_seed_epoch_and_sample(tiny_data):
     from mmengine.runner import Runner
     cfg = Config.fromfile(DEMO_CONFIG)
     assert cfg.train_dataloader.sampler.type == 'SampleSeedSampler'
-    assert cfg.train_dataloader.num_workers >= 1 and cfg.train_dataloader.persistent_workers
+    # the ImageNet configs' loaders: persistent workers (the demo's loads in-process)
+    imagenet = Config.fromfile(osp.join(ROOT, 'configs', 'repvgg-a0.py')).train_dataloader
+    assert imagenet.sampler.type == 'SampleSeedSampler'
+    assert imagenet.num_workers >= 1 and imagenet.persistent_workers
 
     def build(workers, persistent):
         loader_cfg = copy.deepcopy(cfg.train_dataloader)

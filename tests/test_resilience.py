@@ -20,10 +20,10 @@ def load(path):
 
 
 def train_args(data, work_dir, epochs=2):
-    # the demo config's own data loaders: one persistent worker each, as a user runs it
+    # persistent workers, as the ImageNet configs load (the demo config loads in-process)
     return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), DEMO_CONFIG,
             '--work-dir', str(work_dir), '--cfg-options',
-            *tiny_options(data, epochs, shipped_loader=True),
+            *tiny_options(data, epochs, persistent_workers=1),
             'randomness.deterministic=True']  # a trailing '--resume' ends --cfg-options
 
 
@@ -55,9 +55,9 @@ def test_no_temporary_files_left_and_pointer_is_complete(tiny_run):
 
 
 def test_sigkill_then_resume_ends_with_identical_weights(tiny_run, tiny_data, tmp_path):
-    """The demo config's own loaders (one persistent worker each), killed after its first
-    checkpoint and resumed: the final weights equal, bit for bit, those of the shared
-    uninterrupted run (conftest ``tiny_run``), which loaded in the main process -- the
+    """One persistent worker per loader (the ImageNet configs' kind of loader), killed
+    after its first checkpoint and resumed: the final weights equal, bit for bit, those
+    of the shared uninterrupted run (conftest ``tiny_run``), which loaded in the main process -- the
     augmentation of a sample depends only on (seed, epoch, sample)."""
     work = tmp_path / 'killed'
     proc = subprocess.Popen(train_args(tiny_data, work), cwd=ROOT,
@@ -92,8 +92,7 @@ def test_two_process_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     def dist_args(work_dir, *extra):
         return ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), DEMO_CONFIG, '2',
                 '--work-dir', str(work_dir), *extra, '--cfg-options',
-                *tiny_options(tiny_data, 2, shipped_loader=True),
-                'train_dataloader.num_workers=2',  # two persistent workers per rank
+                *tiny_options(tiny_data, 2, persistent_workers=2),  # per rank
                 'randomness.deterministic=True']
 
     def env():

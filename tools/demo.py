@@ -3,9 +3,9 @@
 1. generate the demo data set in data/demo (if missing);
 2. train RepVGG-A0 on it (tools/train.py);
 3. test the trained checkpoint (tools/test.py);
-4. re-parameterize it (tools/reparam.py);
+4. re-parameterize it (tools/reparam.py), at the same time as 3;
 5. test the fused checkpoint with the deploy config (tools/test.py);
-6. export the fused model to ONNX (tools/export_onnx.py);
+6. export the fused model to ONNX (tools/export_onnx.py), at the same time as 5;
 7. compare the models' logits on the whole val set (training-time, fused, fused in ONNX
    Runtime), plot the training curves and write work_dirs/demo/summary.json.
 """
@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout
@@ -70,6 +70,34 @@ class Console:
             status = proc.wait()
         if status != 0:
             print('\n'.join(tail), file=sys.stderr)
+            raise RuntimeError(f'{args[0]} failed with exit status {status}; its full output '
+                               f'is in {log}')
+
+    def run_together(self, *steps: Tuple[str, str, Sequence[str]]) -> None:
+        """Run independent tools at the same time, each ``(title, log_name, args)``
+        (most of a short tool run is Python importing, one core each); stop the demo
+        naming the first that failed, with its log's last lines."""
+        running = []
+        for title, log_name, args in steps:
+            self.say(title)
+            log = osp.join(self.work_dir, log_name)
+            f = open(log, 'w')
+            f.write('$ ' + ' '.join(args) + '\n')
+            f.flush()
+            running.append((log, args, f, subprocess.Popen(
+                [sys.executable, *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED='1'))))
+        failed = []
+        for log, args, f, proc in running:
+            status = proc.wait()
+            f.close()
+            if status != 0:
+                failed.append((log, args, status))
+        if failed:
+            log, args, status = failed[0]
+            with open(log) as f:
+                print('\n'.join(line.rstrip() for line in f.readlines()[-6:]),
+                      file=sys.stderr)
             raise RuntimeError(f'{args[0]} failed with exit status {status}; its full output '
                                f'is in {log}')
 
@@ -128,22 +156,27 @@ def main() -> int:
                 on_line=EpochProgress(console, max_epochs))
     checkpoint = trained_checkpoint(work_dir)
     metrics_train = osp.join(work_dir, 'metrics_train.json')
-    console.run(f'testing {checkpoint} (tools/test.py)', 'test.log', 'tools/test.py',
-                args.config, checkpoint, '--work-dir', work_dir, '--out-metrics',
-                metrics_train, '--cfg-options', *data_options)
-
     deploy_ckpt = osp.join(work_dir, 'repvgg-a0_demo_deploy.pth')
     deploy_cfg = osp.splitext(deploy_ckpt)[0] + '.py'
-    console.run('re-parameterizing it (tools/reparam.py)', 'reparam.log', 'tools/reparam.py',
-                args.config, checkpoint, deploy_ckpt, '--cfg-options', *data_options)
-    metrics_deploy = osp.join(work_dir, 'metrics_deploy.json')
-    console.run(f'testing the fused model {deploy_ckpt} (tools/test.py)', 'test_deploy.log',
-                'tools/test.py', deploy_cfg, deploy_ckpt, '--work-dir', work_dir,
-                '--out-metrics', metrics_deploy)
+    console.run_together(
+        (f'testing {checkpoint} (tools/test.py)', 'test.log',
+         ['tools/test.py', args.config, checkpoint, '--work-dir',
+          osp.join(work_dir, 'test'), '--out-metrics', metrics_train,
+          '--cfg-options', *data_options]),
+        ('re-parameterizing it (tools/reparam.py)', 'reparam.log',
+         ['tools/reparam.py', args.config, checkpoint, deploy_ckpt, '--cfg-options',
+          *data_options]))
 
+    metrics_deploy = osp.join(work_dir, 'metrics_deploy.json')
     onnx_path = osp.join(work_dir, 'repvgg-a0_demo_deploy.onnx')
-    console.run('exporting the fused model to ONNX (tools/export_onnx.py)', 'export.log',
-                'tools/export_onnx.py', deploy_cfg, deploy_ckpt, onnx_path)
+    console.run_together(
+        (f'testing the fused model {deploy_ckpt} (tools/test.py)', 'test_deploy.log',
+         # its own work dir: MMEngine rewrites the config it runs into its work dir,
+         # and the export reads that config at the same time
+         ['tools/test.py', deploy_cfg, deploy_ckpt, '--work-dir',
+          osp.join(work_dir, 'test_deploy'), '--out-metrics', metrics_deploy]),
+        ('exporting the fused model to ONNX (tools/export_onnx.py)', 'export.log',
+         ['tools/export_onnx.py', deploy_cfg, deploy_ckpt, onnx_path]))
 
     console.say('comparing the models on every val image (PyTorch and ONNX Runtime)')
     from repvgg_mm.apis import compare_onnx_with_pytorch, plot_training_curves, split_logits

@@ -2,7 +2,8 @@
 # block (see ../qarepvgg-a0.py), for `make int8-demo`.
 _base_ = ['./repvgg-a0_demo.py']
 
-model = dict(backbone=dict(block_variant='qarepvgg'))
+# identity_init (the RepVGG demo's) initialises an identity BN, which QARepVGG has not.
+model = dict(backbone=dict(block_variant='qarepvgg', identity_init=False))
 
 # A quarter of RepVGG's learning rate: 0.1 per 1024 images instead of per 256. With
 # RepVGG's rate QARepVGG-A0 learns this small task very slowly (21-23 % val top-1 after 15

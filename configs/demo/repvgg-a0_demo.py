@@ -2,20 +2,24 @@
 # `make demo` (tools/demo.py) generates in data/demo. It inherits the real ImageNet
 # config and overrides only what the small data needs: data root, number of classes,
 # image size (and with it the crops of the pipelines), epochs and batch size.
-# Trains on a 2-core CPU in about three and a half minutes.
+# Trains in about 3.5 minutes on a 2-core AMD EPYC CPU (AVX2 only).
 _base_ = ['../repvgg-a0.py']
 
 data_root = 'data/demo'
 num_classes = 10
 image_size = 32
-max_epochs = 25
+max_epochs = 12
 batch_size = 64
 # The generator's classes, in label order (sorted): stored in checkpoints as
 # dataset_meta, so tools/infer.py names the predicted shape.
 classes = ['bars', 'diamond', 'disk', 'frame', 'plus', 'ring', 'square', 'star', 'triangle',
            'xcross']
 
-model = dict(head=dict(num_classes=num_classes, topk=(1, )))
+# Every block with an identity branch starts as an identity map (the backbone's
+# identity_init): the default start, a plain 22-layer stack at init, learns this small
+# task slowly -- val top-1 after 6 epochs 27 % (default) vs 80 % (identity_init), same
+# recipe otherwise. The fused model is exact either way.
+model = dict(backbone=dict(identity_init=True), head=dict(num_classes=num_classes, topk=(1, )))
 data_preprocessor = dict(num_classes=num_classes)
 
 # At 32 px, RandomResizedCrop's small crops cut the shape that defines the class away;
@@ -36,11 +40,14 @@ test_pipeline = [
     dict(type='PackInputs'),
 ]
 
+# Loading in the main process: on a 2-core CPU a loader worker competes with the two
+# compute threads (measured: 0.47 s per iteration with one worker, 0.38 s without).
+# The ImageNet configs keep their persistent workers (resume is exact with either).
 train_dataloader = dict(
-    batch_size=batch_size, num_workers=1,
+    batch_size=batch_size, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, pipeline=train_pipeline, metainfo=dict(classes=classes)))
 val_dataloader = dict(
-    batch_size=batch_size, num_workers=1,
+    batch_size=batch_size, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, pipeline=test_pipeline, metainfo=dict(classes=classes)))
 test_dataloader = val_dataloader
 val_evaluator = dict(topk=(1, ))

@@ -7,9 +7,10 @@ the mean colour gives the class away. Nothing is downloaded; the same seed gives
 same bytes.
 """
 import math
+import multiprocessing
 import os
 import os.path as osp
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -140,9 +141,25 @@ def draw_demo_image(class_name: str, rng: np.random.RandomState, size: int) -> I
     return image.resize((size, size), Image.BOX)
 
 
+def _write_class_images(job) -> List[str]:
+    """Draw and save the images of one (split, class); returns their list lines."""
+    root, split, split_index, label, name, per_class, image_size, seed = job
+    folder = osp.join(root, split, name)
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for index in range(per_class):
+        rng = np.random.RandomState([seed, split_index, label, index])
+        rel = f'{split}/{name}/{name}_{index:05d}.JPEG'
+        draw_demo_image(name, rng, image_size).save(osp.join(root, rel), format='JPEG',
+                                                    quality=95)
+        lines.append(f'{rel} {label}\n')
+    return lines
+
+
 def generate_demo_dataset(root: str, train_per_class: int = 300, val_per_class: int = 50,
                           image_size: int = 32, seed: int = 0,
-                          classes: Sequence[str] = DEMO_CLASSES) -> Dict[str, int]:
+                          classes: Sequence[str] = DEMO_CLASSES,
+                          workers: Optional[int] = None) -> Dict[str, int]:
     """Write the demo dataset to ``root`` in the ImageNet layout, lists included.
 
     Writes ``root/{train,val}/<class>/<class>_<index>.JPEG`` and
@@ -150,23 +167,29 @@ def generate_demo_dataset(root: str, train_per_class: int = 300, val_per_class: 
     sorted class order. The lists are written last, through a temporary name, so a
     list file exists only when its split is complete.
 
+    Every image is drawn from its own random state (seed, split, label, index), so the
+    bytes do not depend on ``workers``: the number of processes drawing (default: one
+    per CPU core; 1 draws in this process).
+
     Returns:
         dict: Number of images written per split.
     """
     classes = sorted(classes)
+    splits = (('train', train_per_class), ('val', val_per_class))
+    jobs = [(root, split, split_index, label, name, per_class, image_size, seed)
+            for split_index, (split, per_class) in enumerate(splits)
+            for label, name in enumerate(classes)]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers > 1:
+        # fork: the children need nothing but this module, already imported
+        with multiprocessing.get_context('fork').Pool(workers) as pool:
+            per_job = pool.map(_write_class_images, jobs, chunksize=1)
+    else:
+        per_job = [_write_class_images(job) for job in jobs]
     counts = {}
-    for split_index, (split, per_class) in enumerate((('train', train_per_class),
-                                                      ('val', val_per_class))):
-        lines = []
-        for label, name in enumerate(classes):
-            folder = osp.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            for index in range(per_class):
-                rng = np.random.RandomState([seed, split_index, label, index])
-                rel = f'{split}/{name}/{name}_{index:05d}.JPEG'
-                draw_demo_image(name, rng, image_size).save(osp.join(root, rel),
-                                                            format='JPEG', quality=95)
-                lines.append(f'{rel} {label}\n')
+    for split, _ in splits:
+        lines = [line for job, job_lines in zip(jobs, per_job) if job[1] == split
+                 for line in job_lines]
         list_path = osp.join(root, f'{split}_list.txt')
         with open(list_path + '.tmp', 'w') as f:
             f.writelines(lines)

@@ -67,6 +67,17 @@ class RepVGG(BaseBackbone):
             block of QARepVGG, see :class:`RepVGGBlock`) for every block, the stem
             included. The fused structure is the same for both. Defaults to
             ``'repvgg'``.
+        identity_init (bool): Start every block that has an identity branch as a
+            (scaled) identity map: the 3x3 and 1x1 branches' BN weights at 0 and the
+            identity BN's bias at :attr:`IDENTITY_INIT_BIAS`, so that the block's input
+            (non-negative, after the previous ReLU) passes the final ReLU unclipped. The
+            RepVGG counterpart of ``zero_init_residual`` of ResNets; with the default
+            initialisation each block mixes its input with two freshly normalised
+            random branches and the stack starts like a plain 22-layer network. Applied
+            after MMEngine's ``init_weights`` (not over ``Pretrained`` weights); needs
+            ``block_variant='repvgg'`` (QARepVGG's identity has no BN); ignored with
+            ``deploy=True``. It changes only the starting point; the fused model is
+            exact either way. Defaults to False (the original).
         init_cfg (dict | list[dict], optional): MMEngine initialisation config.
             Defaults to None (PyTorch's default initialisation, as the original).
     """
@@ -90,6 +101,9 @@ class RepVGG(BaseBackbone):
     }
 
     num_stages = 4
+    # Above the mean/std ratio of a ReLU'd Gaussian (0.68): BN(x) + bias stays >= 0 for
+    # x >= 0 at the start, so the block's ReLU passes it.
+    IDENTITY_INIT_BIAS = 1.3
 
     def __init__(self,
                  arch: Union[str, dict],
@@ -105,8 +119,15 @@ class RepVGG(BaseBackbone):
                  with_cp: bool = False,
                  deploy: bool = False,
                  block_variant: str = 'repvgg',
+                 identity_init: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg)
+        if identity_init and not deploy and block_variant != 'repvgg':
+            raise ValueError("identity_init=True needs block_variant='repvgg' (it "
+                             'initialises the identity BN, which QARepVGG has not); got '
+                             f'block_variant={block_variant!r}')
+        # a fused model has no branches to initialise (its weights are loaded)
+        self.identity_init = identity_init and not deploy
         self.arch = self._resolve_arch(arch)
         if len(strides) != self.num_stages + 1 or len(dilations) != self.num_stages + 1:
             raise ValueError(f'strides and dilations need {self.num_stages + 1} entries '
@@ -141,6 +162,24 @@ class RepVGG(BaseBackbone):
             self.add_module(name, self._make_stage(blocks))
             self.stage_names.append(name)
             self.out_channels.append(width)
+        self._apply_identity_init()
+
+    def _apply_identity_init(self) -> None:
+        if not self.identity_init:
+            return
+        for m in self.modules():
+            if isinstance(m, RepVGGBlock) and isinstance(getattr(m, 'rbr_identity', None),
+                                                         _BatchNorm):
+                nn.init.zeros_(m.rbr_dense.bn.weight)
+                nn.init.zeros_(m.rbr_1x1.bn.weight)
+                nn.init.constant_(m.rbr_identity.bias, self.IDENTITY_INIT_BIAS)
+
+    def init_weights(self) -> None:
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        pretrained = any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in cfgs)
+        super().init_weights()
+        if not pretrained:  # never overwrite loaded weights
+            self._apply_identity_init()
 
     def _stage_layout(self, widths: List[int], strides: Sequence[int],
                       dilations: Sequence[int]) -> List[tuple]:
