@@ -3,7 +3,7 @@
 For RepVGG-A0 and QARepVGG-A0 (configs/demo/):
 
 1. generate the demo data set in data/demo (if missing);
-2. train on it (tools/train.py; --epochs, default 15, fewer than `make demo`'s 25);
+2. train on it (tools/train.py; --epochs, default 15);
 3. fuse and export to ONNX, verified in ONNX Runtime (tools/export_onnx.py);
 4. quantize to INT8 QDQ with ONNX Runtime's static quantization (tools/quantize.py);
 5. compare the ONNX FP32 model with the fused PyTorch model on the val set;

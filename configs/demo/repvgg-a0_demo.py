@@ -8,7 +8,7 @@ _base_ = ['../repvgg-a0.py']
 data_root = 'data/demo'
 num_classes = 10
 image_size = 32
-max_epochs = 12
+max_epochs = 11
 batch_size = 64
 # The generator's classes, in label order (sorted): stored in checkpoints as
 # dataset_meta, so tools/infer.py names the predicted shape.
