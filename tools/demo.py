@@ -50,18 +50,35 @@ class Console:
     def say(self, text: str) -> None:
         print(f'[{self.elapsed()}] {text}', flush=True)
 
-    def run(self, title: str, log_name: str, *args: str,
-            on_line: Optional[Callable[[str], None]] = None) -> None:
-        """Run one of our tools with this interpreter, its output into ``log_name``;
-        stop the demo with the log's last lines if it fails."""
+    def _start(self, title: str, log_name: str, args: Sequence[str], pipe: bool):
+        """Start one of our tools with this interpreter, its output going to
+        ``log_name`` in the work dir (through a pipe for the caller to read, if
+        ``pipe``); returns ``(log path, open log file, process)``."""
         self.say(title)
         log = osp.join(self.work_dir, log_name)
-        with open(log, 'w') as f:
-            f.write('$ ' + ' '.join(args) + '\n')
-            proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=dict(os.environ, PYTHONUNBUFFERED='1'))
-            tail = []
+        f = open(log, 'w')
+        f.write('$ ' + ' '.join(args) + '\n')
+        f.flush()
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE if pipe else f,
+                                stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        return log, f, proc
+
+    @staticmethod
+    def _stop_demo(log: str, args: Sequence[str], status: int, tail: Sequence[str]):
+        """Stop the demo: the failed tool's last lines, then one line naming its log."""
+        print('\n'.join(tail[-6:]), file=sys.stderr)
+        raise RuntimeError(f'{args[0]} failed with exit status {status}; its full output '
+                           f'is in {log}')
+
+    def run(self, title: str, log_name: str, *args: str,
+            on_line: Optional[Callable[[str], None]] = None) -> None:
+        """Run one tool, each output line also passed to ``on_line``; stop the demo
+        with the log's last lines if it fails."""
+        log, f, proc = self._start(title, log_name, args, pipe=True)
+        tail = []
+        with f:
             for line in proc.stdout:
                 f.write(line)
                 tail = (tail + [line.rstrip()])[-6:]
@@ -69,37 +86,22 @@ class Console:
                     on_line(line)
             status = proc.wait()
         if status != 0:
-            print('\n'.join(tail), file=sys.stderr)
-            raise RuntimeError(f'{args[0]} failed with exit status {status}; its full output '
-                               f'is in {log}')
+            self._stop_demo(log, args, status, tail)
 
     def run_together(self, *steps: Tuple[str, str, Sequence[str]]) -> None:
         """Run independent tools at the same time, each ``(title, log_name, args)``
         (most of a short tool run is Python importing, one core each); stop the demo
         naming the first that failed, with its log's last lines."""
-        running = []
-        for title, log_name, args in steps:
-            self.say(title)
-            log = osp.join(self.work_dir, log_name)
-            f = open(log, 'w')
-            f.write('$ ' + ' '.join(args) + '\n')
-            f.flush()
-            running.append((log, args, f, subprocess.Popen(
-                [sys.executable, *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED='1'))))
-        failed = []
-        for log, args, f, proc in running:
-            status = proc.wait()
+        running = [(args, *self._start(title, log_name, args, pipe=False))
+                   for title, log_name, args in steps]
+        statuses = []
+        for args, log, f, proc in running:
+            statuses.append(proc.wait())
             f.close()
+        for (args, log, _, _), status in zip(running, statuses):
             if status != 0:
-                failed.append((log, args, status))
-        if failed:
-            log, args, status = failed[0]
-            with open(log) as f:
-                print('\n'.join(line.rstrip() for line in f.readlines()[-6:]),
-                      file=sys.stderr)
-            raise RuntimeError(f'{args[0]} failed with exit status {status}; its full output '
-                               f'is in {log}')
+                with open(log) as f:
+                    self._stop_demo(log, args, status, [ln.rstrip() for ln in f])
 
 
 class EpochProgress:
