@@ -1,11 +1,16 @@
 """Writing files without ever leaving a partial one or overwriting an input.
 
-Every file the project writes (checkpoints, deploy configs, JSON reports, plots) goes
-through :func:`atomic_write`: the content is written to a temporary file in the target
-folder, flushed to disk and renamed over the target, so a reader -- or a run killed
-half-way -- never sees a partial file, and a failed write leaves nothing behind.
+Every file the project writes (checkpoints, deploy configs, ONNX models, JSON reports,
+plots) goes through :func:`atomic_path`: the content is written to a temporary file in
+the target folder, flushed to disk and renamed over the target, so a reader -- or a run
+killed half-way -- never sees a partial file, and a failed write leaves nothing behind.
 :func:`check_output_paths` is called by tools before any expensive work, so that an
 output path that would destroy an input is refused before anything is written.
+
+One behaviour for every tool: a missing output folder is created (as ``mkdir -p``)
+when the file is written, after every check has passed; if the write fails, the
+folders it created are removed again. A folder that cannot be created (a file is in
+the way, no permission) is refused by :func:`check_output_paths` up front.
 """
 import contextlib
 import os
@@ -34,18 +39,20 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path`` for a writer that needs a file name (ONNX
     export, ONNX Runtime's quantizer); on success it replaces ``path``.
 
-    The temporary file is created first, so an unwritable folder fails before any work.
-    It gets the permissions a plain ``open`` would give (0666 less the umask), not
-    ``mkstemp``'s 0600. On any failure it is removed and the error passes unchanged.
+    Missing folders above ``path`` are created first, then the temporary file, so an
+    unwritable folder fails before any work. The file gets the permissions a plain
+    ``open`` would give (0666 less the umask), not ``mkstemp``'s 0600. On any failure
+    it is removed, so are the folders created for it, and the error passes unchanged.
     """
     folder = osp.dirname(osp.abspath(path))
-    if not osp.isdir(folder):
-        raise OutputPathError(f'cannot write {path!r}: the folder {folder!r} does not exist')
+    created = []
     try:
+        created = make_folders(path)
         fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp',
                                    dir=folder)
         os.close(fd)
     except OSError as exc:
+        _remove_folders(created)
         raise OSError(f'cannot write {path!r}: {_first_line(exc)}') from exc
     try:
         yield tmp
@@ -54,7 +61,15 @@ def atomic_path(path: str) -> Iterator[str]:
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        _remove_folders(created)
         raise
+
+
+def _remove_folders(created: list) -> None:
+    """Remove folders that :func:`make_folders` created, deepest first, if empty."""
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 @contextlib.contextmanager
@@ -93,21 +108,20 @@ def _same_file(a: str, b: str) -> bool:
     return osp.realpath(a) == osp.realpath(b)
 
 
-def check_output_paths(outputs: Dict[str, str], inputs: Dict[str, str],
-                       missing_folders_ok: bool = False) -> None:
+def check_output_paths(outputs: Dict[str, str], inputs: Dict[str, str]) -> None:
     """Refuse outputs that would overwrite an input, each other, or cannot be written.
+
+    A missing folder is fine (:func:`atomic_path` creates it when writing); one that
+    cannot be created -- below a file, or below a folder that is not writable -- is not.
 
     Args:
         outputs: What the tool will write, ``{description: path}``.
         inputs: What the tool reads, ``{description: path}``.
-        missing_folders_ok: The caller creates missing folders (:func:`make_folders`)
-            right before writing; a folder that cannot be created (below a file) is
-            still refused.
 
     Raises:
         OutputPathError: naming the output and what is wrong with it -- it is one of the
-            inputs (same file by real path), two outputs are the same file, its folder is
-            missing or not writable, or it is an existing folder.
+            inputs (same file by real path), two outputs are the same file, its folder
+            cannot be created or is not writable, or it is an existing folder.
     """
     items = list(outputs.items())
     for i, (name, path) in enumerate(items):
@@ -122,19 +136,29 @@ def check_output_paths(outputs: Dict[str, str], inputs: Dict[str, str],
         if osp.isdir(path):
             raise OutputPathError(f'{name} {path!r} is a folder, expected a file path')
         folder = osp.dirname(osp.abspath(path))
-        if missing_folders_ok:
-            while not osp.exists(folder):
-                folder = osp.dirname(folder)
+        while not osp.exists(folder):  # the nearest existing ancestor is what counts
+            folder = osp.dirname(folder)
         if not osp.isdir(folder):
-            raise OutputPathError(f'{name} {path!r}: the folder {folder!r} ' + (
-                'is a file' if osp.exists(folder) else 'does not exist'))
+            raise OutputPathError(f'{name} {path!r}: {folder!r} is a file, not a folder')
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputPathError(f'{name} {path!r}: the folder {folder!r} is not writable')
         if osp.exists(path) and not os.access(path, os.W_OK):
             raise OutputPathError(f'{name} {path!r} exists and is not writable')
 
 
-def make_folders(*paths: str) -> None:
-    """Create the missing parent folders of ``paths``."""
+def make_folders(*paths: str) -> list:
+    """Create the missing parent folders of ``paths``.
+
+    Returns:
+        list[str]: the folders created, outermost first.
+    """
+    created = []
     for path in paths:
-        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+        missing, folder = [], osp.dirname(osp.abspath(path))
+        while not osp.exists(folder):
+            missing.append(folder)
+            folder = osp.dirname(folder)
+        for folder in reversed(missing):
+            os.makedirs(folder, exist_ok=True)
+            created.append(folder)
+    return created

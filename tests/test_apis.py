@@ -90,10 +90,11 @@ def test_metafile_follows_the_mmpretrain_convention():
         assert entry['In Collection'] in ('RepVGG', 'RepVGGplus')
         assert {'FLOPs', 'Parameters'} <= set(entry['Metadata'])
         if not entry['Metadata']['Deploy']:
-            assert entry['Weights'].endswith('.pth')
+            assert entry['Original Weights'].endswith('.pth')
+            assert entry.get('Weights', 'https://').startswith('https://')
     a0 = model_index()['repvgg-a0']
     assert a0['Results'][0]['Metrics']['Top 1 Accuracy'] == 72.41
-    assert a0['Weights'] == 'RepVGG-A0-train.pth'
+    assert a0['Original Weights'] == 'RepVGG-A0-train.pth'
 
 
 def test_unknown_name_lists_close_matches():
@@ -175,8 +176,10 @@ def test_outputs_are_checked_before_any_work(trained, tmp_path):
     config, checkpoint, _, _ = trained
     with pytest.raises(OutputPathError, match='refusing to overwrite an input'):
         check_output_paths({'--out': checkpoint}, {'CONFIG': config, 'CHECKPOINT': checkpoint})
-    with pytest.raises(OutputPathError, match='does not exist'):
-        check_output_paths({'--out': str(tmp_path / 'missing' / 'pred.json')}, {})
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(OutputPathError, match='is a file, not a folder'):
+        check_output_paths({'--out': str(tmp_path / 'a_file' / 'sub' / 'pred.json')}, {})
+    check_output_paths({'--out': str(tmp_path / 'missing' / 'pred.json')}, {})  # created later
 
 
 def test_flops_of_a0_as_mmengine_counts_them():

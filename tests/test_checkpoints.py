@@ -79,6 +79,13 @@ def test_save_atomic_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == []
     save_atomic({'w': torch.ones(1)}, str(target))
     assert os.listdir(tmp_path) == ['out.pth']
+    # missing folders are created for the file, and removed again when it fails
+    nested = tmp_path / 'a' / 'b' / 'out.pth'
+    with pytest.raises(OSError, match='boom'):
+        save_atomic({'x': Unpicklable()}, str(nested))
+    assert os.listdir(tmp_path) == ['out.pth']
+    save_atomic({'w': torch.ones(1)}, str(nested))
+    assert os.listdir(nested.parent) == ['out.pth']
 
 
 def test_write_failure_is_one_line_naming_the_file(tmp_path, monkeypatch):
@@ -115,7 +122,7 @@ def test_output_paths_are_checked_before_writing(tmp_path):
         ({'OUTPUT': str(tmp_path / 'link.pth')}, 'is the CHECKPOINT'),
         ({'OUTPUT': str(tmp_path / 'a.pth'), 'other': str(tmp_path / 'a.pth')},
          'are the same file'),
-        ({'OUTPUT': str(tmp_path / 'missing' / 'a.pth')}, 'does not exist'),
+        ({'OUTPUT': str(src / 'a.pth')}, 'is a file, not a folder'),
         ({'OUTPUT': str(tmp_path)}, 'is a folder'),
     ]
     for outputs, message in cases:

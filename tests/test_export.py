@@ -94,11 +94,12 @@ def test_export_tool_and_onnx_top1_match_pytorch(demo_checkpoint, tiny_data, tmp
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report['max_rel_diff'] <= 1e-4 and report['input_size'] == 32
     assert not report['already_fused'] and report['input'] == 'normalized'
-    raw = tmp_path / 'raw.onnx'
+    raw = tmp_path / 'new' / 'folders' / 'raw.onnx'  # missing folders are created
     status, stdout, _ = tool_in_process('export_onnx.py', DEMO_CONFIG, demo_checkpoint,
                                         str(raw), '--fold-normalization')
     assert status == 0 and '(input: raw' in stdout
-    assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'raw.onnx']  # no leftovers
+    assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'new']  # no leftovers
+    assert os.listdir(raw.parent) == ['raw.onnx']
 
     cfg = Config.fromfile(DEMO_CONFIG)
     for split in ('train', 'val', 'test'):
@@ -128,6 +129,7 @@ def test_export_tool_refuses_bad_inputs(demo_checkpoint, tmp_path):
     folder = tmp_path / 'out'
     folder.mkdir()
     (folder / 'existing_dir.onnx').mkdir()
+    (folder / 'a_file').write_text('')
     before = sorted(os.listdir(folder))
     out = str(folder / 'model.onnx')
     missing = tool_in_process('export_onnx.py', DEMO_CONFIG, str(tmp_path / 'nope.pth'), out)
@@ -135,9 +137,9 @@ def test_export_tool_refuses_bad_inputs(demo_checkpoint, tmp_path):
     other_arch = tool_in_process('export_onnx.py', f'{ROOT}/configs/demo/qarepvgg-a0_demo.py',
                                  demo_checkpoint, out)
     _assert_refused(other_arch, folder, before, 'CheckpointError')
-    no_folder = tool_in_process('export_onnx.py', DEMO_CONFIG, demo_checkpoint,
-                                str(folder / 'missing' / 'model.onnx'))
-    _assert_refused(no_folder, folder, before, 'does not exist')
+    below_file = tool_in_process('export_onnx.py', DEMO_CONFIG, demo_checkpoint,
+                                 str(folder / 'a_file' / 'model.onnx'))
+    _assert_refused(below_file, folder, before, 'is a file, not a folder')
     is_dir = tool_in_process('export_onnx.py', DEMO_CONFIG, demo_checkpoint,
                              str(folder / 'existing_dir.onnx'))
     _assert_refused(is_dir, folder, before, 'is a folder')

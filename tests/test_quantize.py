@@ -79,16 +79,17 @@ def test_calibration_methods_and_per_channel(fp32_model, tiny_data, tmp_path, me
 def test_quantize_tool_refuses_bad_inputs(fp32_model, tmp_path):
     missing = tool_in_process('quantize.py', DEMO_CONFIG, str(tmp_path / 'nope.onnx'),
                               str(tmp_path / 'int8.onnx'))
-    no_folder = tool_in_process('quantize.py', DEMO_CONFIG, fp32_model,
-                                str(tmp_path / 'missing' / 'int8.onnx'))
+    (tmp_path / 'a_file').write_text('')
+    below_file = tool_in_process('quantize.py', DEMO_CONFIG, fp32_model,
+                                 str(tmp_path / 'a_file' / 'int8.onnx'))
     same = tool_in_process('quantize.py', DEMO_CONFIG, fp32_model, fp32_model)
     for (status, _, stderr), needle in ((missing, 'nope.onnx'),
-                                        (no_folder, 'does not exist'),
+                                        (below_file, 'is a file, not a folder'),
                                         (same, 'refusing to overwrite an input')):
         assert status == 1
         assert stderr.splitlines()[0].startswith('quantize.py: error:')
         assert needle in stderr.splitlines()[0]
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ['a_file']
 
 
 def test_int8_demo_tool_end_to_end(tiny_data, tmp_path):

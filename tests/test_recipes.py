@@ -88,6 +88,28 @@ def test_bias_lr_mult_and_bad_options():
                                         paramwise_cfg=dict(norm_decay_mult=0.)))
 
 
+def test_custom_keys_scale_lr_and_decay_by_name_part():
+    """MMEngine's custom_keys on top of the decay rule (the fine-tuning config's lower
+    backbone rate); the longest matching key wins; a key matching nothing is an error."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.Conv2d(4, 4, 1)))
+    wrapper = build_optim_wrapper(model, dict(
+        constructor='RepVGGOptimWrapperConstructor',
+        optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
+        paramwise_cfg=dict(custom_keys={'0.': dict(lr_mult=0.1),
+                                        '1.0.': dict(lr_mult=2.0, decay_mult=0.5)})))
+    groups = {n: (g['lr'], g['weight_decay']) for g in wrapper.optimizer.param_groups
+              for n in g['param_names']}
+    assert groups['0.weight'] == pytest.approx((0.01, 1e-4))
+    assert groups['0.bias'] == pytest.approx((0.01, 0.0))  # biases stay undecayed
+    assert groups['1.0.weight'] == pytest.approx((0.2, 0.5e-4))
+    for bad, message in (({'backbone': dict(lr_mult=0.1)}, 'match no parameter'),
+                         ({'0.': dict(lr=0.1)}, "expected a dict with 'lr_mult'")):
+        with pytest.raises(KeyError, match=message):
+            build_optim_wrapper(model, dict(constructor='RepVGGOptimWrapperConstructor',
+                                            optimizer=dict(type='SGD', lr=0.1),
+                                            paramwise_cfg=dict(custom_keys=bad)))
+
+
 def test_optimizer_settings():
     spec = config('repvgg-a0.py')
     model = build_model(spec)

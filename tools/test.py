@@ -1,7 +1,6 @@
 """Evaluate a checkpoint: python tools/test.py CONFIG CHECKPOINT [options]."""
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 
@@ -10,7 +9,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.model import is_model_wrapper  # noqa: E402
 
 from repvgg_mm.apis import load_checkpoint_into  # noqa: E402
-from repvgg_mm.checkpoints import FORMATS  # noqa: E402
+from repvgg_mm.checkpoints import FORMATS, resolve_checkpoint  # noqa: E402
 from repvgg_mm.cli import (  # noqa: E402
     add_cfg_options,
     add_launcher_options,
@@ -28,7 +27,8 @@ from repvgg_mm.fileio import atomic_write_text, check_output_paths  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (evaluate) a checkpoint')
     parser.add_argument('config', help='config file (training or deploy)')
-    parser.add_argument('checkpoint', help='checkpoint file, in any known format')
+    parser.add_argument('checkpoint', help='checkpoint file in any known format, a URL or '
+                        'a zoo name with published weights')
     parser.add_argument('--work-dir', help='where the test log goes '
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--out-metrics', metavar='JSON',
@@ -43,11 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     set_local_rank(args.local_rank)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    if not osp.isfile(args.checkpoint):  # a URL or a zoo name is fetched into the cache
+        if not osp.isfile(resolve_checkpoint(args.checkpoint)[0]):
+            raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist (not a '
+                                    'file, an http(s):// URL nor a zoo name with weights)')
     cfg = load_config(args.config, args.cfg_options)
     if args.out_metrics:
-        os.makedirs(osp.dirname(osp.abspath(args.out_metrics)), exist_ok=True)
         check_output_paths({'--out-metrics': args.out_metrics},
                            {'CONFIG': args.config, 'CHECKPOINT': args.checkpoint})
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)

@@ -35,20 +35,26 @@ class RepVGGInferencer(ImageClassificationInferencer):
     Args:
         model (nn.Module | str | Config): A model from :func:`get_model`, or what
             :func:`get_model` takes (a zoo name or a config).
-        checkpoint (str, optional): Weights, when ``model`` is a name or config.
+        checkpoint (str, optional): Weights (file, URL or zoo name), when ``model`` is
+            a name or config.
         deploy (bool): Fuse the model, when ``model`` is a name or config.
         device (str): Device, when ``model`` is a name or config. Defaults to 'cpu'.
         classes (Sequence[str], optional): Class names; defaults to the model's
             ``_dataset_meta['classes']``.
+        pretrained (bool | str): As :func:`get_model`'s: ``True`` loads the published
+            ImageNet weights of a zoo name. Defaults to False.
     """
 
     def __init__(self, model: Union[nn.Module, str, Config], checkpoint: Optional[str] = None,
                  deploy: bool = False, device: str = 'cpu',
-                 classes: Optional[Sequence[str]] = None) -> None:
+                 classes: Optional[Sequence[str]] = None,
+                 pretrained: Union[bool, str] = False) -> None:
         if not isinstance(model, nn.Module):
-            model = get_model(model, checkpoint, deploy=deploy, device=device)
-        elif checkpoint is not None:
-            raise ValueError('pass checkpoint to get_model() when giving a built model')
+            model = get_model(model, checkpoint, deploy=deploy, device=device,
+                              pretrained=pretrained)
+        elif checkpoint is not None or pretrained:
+            raise ValueError('pass checkpoint/pretrained to get_model() when giving a built '
+                             'model')
         if getattr(model, '_config', None) is None:
             raise ValueError(f'{type(model).__name__} has no _config (the config its test '
                              'pipeline comes from): build it with repvgg_mm.apis.get_model')
@@ -81,11 +87,13 @@ class RepVGGInferencer(ImageClassificationInferencer):
                         if step.get('type') not in _LOADING_STEPS])
 
 
-def inference_model(model: nn.Module, image_or_path: ImageInput) -> dict:
+def inference_model(model: Union[nn.Module, str], image_or_path: ImageInput) -> dict:
     """Classify one image.
 
     Args:
-        model (nn.Module): A model from :func:`get_model` (training-time or fused).
+        model (nn.Module | str): A model from :func:`get_model` (training-time or
+            fused), or a zoo name (``'repvgg-a0'``): its published ImageNet weights are
+            loaded (downloaded once), as MMPretrain's ``inference_model`` does.
         image_or_path (str | np.ndarray): An image file or a BGR ``H x W x 3`` array.
 
     Returns:
@@ -93,6 +101,8 @@ def inference_model(model: nn.Module, image_or_path: ImageInput) -> dict:
         ``pred_class`` (str, or None when the model has no class names) and
         ``pred_scores`` (numpy array over all classes).
     """
+    if isinstance(model, str):
+        model = get_model(model, pretrained=True)
     result = RepVGGInferencer(model)(image_or_path)[0]
     result.setdefault('pred_class', None)
     return result

@@ -7,18 +7,24 @@ from typing import List, Optional
 
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
 from repvgg_mm.checkpoints import load_checkpoint_file, load_weights_into, read_state_dict
+from repvgg_mm.datasets import resolve_auto_num_classes
 from repvgg_mm.registry import MODELS
 
 
 def build_model(cfg: Config) -> nn.Module:
     """Build ``cfg.model`` in the config's scope (``repvgg_mm`` by default), with the
-    top-level ``data_preprocessor`` merged in as MMEngine's Runner does."""
+    top-level ``data_preprocessor`` merged in as MMEngine's Runner does, and
+    ``num_classes='auto'`` set from the training data (as the runner does)."""
     init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
     if 'model' not in cfg:
         raise KeyError(f"config {cfg.filename!r} has no 'model' key")
+    resolved = resolve_auto_num_classes(cfg)
+    if resolved:
+        print_log(resolved, logger='current')
     model_cfg = copy.deepcopy(cfg.model)
     if cfg.get('data_preprocessor') is not None:
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
@@ -35,18 +41,33 @@ def _accepts_deploy(module_cfg: dict) -> bool:
                for c in cls.__mro__ if '__init__' in vars(c))
 
 
+def _is_pretrained_init(init_cfg) -> bool:
+    return isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
+
+
 def deploy_config(cfg: Config) -> Config:
-    """A copy of ``cfg`` whose model builds the fused structure directly: every part
-    (backbone, neck, head) whose class takes ``deploy`` gets ``deploy=True`` -- the
-    fused backbone, and no aux classifiers for RepVGGplus."""
+    """A copy of ``cfg`` whose model builds the fused structure directly: the model and
+    every part (backbone, neck, head, decode/auxiliary head) whose class takes
+    ``deploy`` get ``deploy=True`` -- the fused backbone, and no aux classifiers
+    (RepVGGplus) or auxiliary heads (segmentors). The fused weights come from the
+    deploy checkpoint, so ``load_from`` and ``Pretrained`` initialisations are dropped."""
     cfg = copy.deepcopy(cfg)
     init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
-    parts = [cfg.model.get(k) for k in ('backbone', 'neck', 'head')]
+    keys = ('backbone', 'neck', 'head', 'decode_head', 'auxiliary_head')
+    parts = [cfg.model] + [cfg.model.get(k) for k in keys]
     parts = [p for p in parts if isinstance(p, dict) and _accepts_deploy(p)]
     if not parts:
         raise KeyError(f'no part of the model in config {cfg.filename!r} can be deployed: '
                        f"model.backbone.type is {cfg.model.get('backbone', {}).get('type')!r}, "
                        'expected a RepVGG backbone')
+    for part in [cfg.model] + [cfg.model.get(k) for k in keys]:
+        if not isinstance(part, dict):
+            continue
+        init_cfg = part.get('init_cfg')
+        if _is_pretrained_init(init_cfg):
+            part['init_cfg'] = None
+        elif isinstance(init_cfg, list):
+            part['init_cfg'] = [c for c in init_cfg if not _is_pretrained_init(c)] or None
     for part in parts:
         part['deploy'] = True
     cfg.load_from = None

@@ -9,14 +9,14 @@ arch is listed twice: ``repvgg-a0`` (training-time structure) and ``repvgg-a0_de
 import copy
 import difflib
 import fnmatch
-import glob
 import os.path as osp
 from functools import lru_cache
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 import torch.nn as nn
-import yaml
 from mmengine.config import Config
+
+from repvgg_mm.checkpoints.zoo import REPO_ROOT, model_index, published_url
 
 from .model import (
     build_model,
@@ -24,34 +24,6 @@ from .model import (
     deploy_config,
 )
 from .reparam import load_fused_model
-
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')
-
-
-def _metafiles() -> List[str]:
-    files = sorted(glob.glob(osp.join(CONFIG_ROOT, '**', 'metafile.yml'), recursive=True))
-    if not files:
-        raise FileNotFoundError(
-            f'no metafile.yml under {CONFIG_ROOT!r}: the model zoo needs the repository '
-            'checkout (pip install -e . from a clone)')
-    return files
-
-
-def model_index() -> Dict[str, dict]:
-    """Every model entry of the metafiles, by lower-case name."""
-    index: Dict[str, dict] = {}
-    for path in _metafiles():
-        with open(path) as f:
-            content = yaml.safe_load(f) or {}
-        for entry in content.get('Models', []):
-            name = entry.get('Name')
-            if not name or 'Config' not in entry:
-                raise ValueError(f'{path}: every model needs a Name and a Config, got {entry}')
-            if name.lower() in index:
-                raise ValueError(f'{path}: model {name!r} is listed twice')
-            index[name.lower()] = dict(entry, metafile=path)
-    return index
 
 
 def list_models(pattern: Optional[str] = None) -> List[str]:
@@ -100,20 +72,26 @@ def _resolve(name_or_config: Union[str, Config]) -> tuple:
 
 
 def get_model(name_or_config: Union[str, Config], checkpoint: Optional[str] = None,
-              deploy: bool = False, device: str = 'cpu') -> nn.Module:
+              deploy: bool = False, device: str = 'cpu',
+              pretrained: Union[bool, str] = False) -> nn.Module:
     """A ready-to-run classifier in eval mode, by zoo name or config.
 
     Args:
         name_or_config (str | Config): A name of :func:`list_models` (``'repvgg-a0'``,
             ``'repvgg-a0_deploy'``), a config file or a :class:`Config`.
         checkpoint (str, optional): Weights in any format the project reads (ours,
-            the original code's, MMPretrain's, timm's; training-time or fused). A
-            fused checkpoint gives the fused model; a training-time one is loaded
-            strictly and, with ``deploy``, fused afterwards. Defaults to None
-            (random initialisation).
+            the original code's, MMPretrain's, timm's; training-time or fused): a
+            file, an ``http(s)://`` URL (downloaded once into the torch.hub cache) or
+            a zoo name with published weights. A fused checkpoint gives the fused
+            model; a training-time one is loaded strictly and, with ``deploy``, fused
+            afterwards. Defaults to None (random initialisation).
         deploy (bool): Return the fused (inference-time) structure. Names ending in
             ``_deploy`` imply it. Defaults to False.
         device (str): Where to put the model. Defaults to ``'cpu'``.
+        pretrained (bool | str): ``True`` loads the published ImageNet weights of a
+            zoo name (downloaded once, SHA-256 checked, read safely; ``_deploy`` names
+            are fused after loading); a path or URL is the same as ``checkpoint``.
+            Defaults to False.
 
     Returns:
         nn.Module: the model, with ``_config`` (its config, for the test pipeline)
@@ -122,6 +100,20 @@ def get_model(name_or_config: Union[str, Config], checkpoint: Optional[str] = No
     """
     cfg, deploy_by_name = _resolve(name_or_config)
     deploy = deploy or deploy_by_name
+    if pretrained is not False and pretrained is not None:
+        if checkpoint is not None:
+            raise ValueError('pass either checkpoint or pretrained, not both')
+        if pretrained is True:
+            if not isinstance(name_or_config, str) or name_or_config.lower() not in \
+                    model_index():
+                raise ValueError('pretrained=True needs a zoo name (list_models()); for a '
+                                 'config, pass the weights as checkpoint=PATH or URL')
+            checkpoint = published_url(name_or_config)
+        elif isinstance(pretrained, str):
+            checkpoint = pretrained
+        else:
+            raise TypeError(f'pretrained must be True, False or a path/URL, got '
+                            f'{pretrained!r}')
     dataset_meta = None
     if checkpoint is None:
         model = build_model(deploy_config(cfg) if deploy else cfg)

@@ -13,7 +13,7 @@ from repvgg_mm.checkpoints import (
     read_checkpoint,
     save_atomic,
 )
-from repvgg_mm.fileio import OutputPathError, atomic_open, check_output_paths, make_folders
+from repvgg_mm.fileio import OutputPathError, atomic_open, check_output_paths
 from repvgg_mm.models.reparam import max_logit_difference, reparameterize_model
 
 from .model import (
@@ -87,8 +87,7 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
         raise ValueError(f"to_format must be 'ours' or 'official', got {to_format!r}")
     out_config = deploy_config_path(output, out_config) if to_format == 'ours' else None
     outputs = {'OUTPUT': output, **({'deploy config': out_config} if out_config else {})}
-    check_output_paths(outputs, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint},
-                       missing_folders_ok=True)
+    check_output_paths(outputs, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint})
     loaded = load_fused_model(cfg, checkpoint, src_format)
     state_dict, fmt, fused, model = (loaded['state_dict'], loaded['src_format'],
                                      loaded['fused'], loaded['training'])
@@ -113,7 +112,6 @@ def reparameterize_checkpoint(cfg: Config, checkpoint: str, output: str,
                                    'nothing written')
     report['params_deploy'] = sum(p.numel() for p in fused.parameters())
 
-    make_folders(*outputs.values())  # only now that nothing can fail before writing
     if to_format == 'official':
         save_atomic(FORMATS['official'].from_ours(fused.state_dict()), output)
         return report

@@ -225,3 +225,40 @@ def load_weights_into(model: nn.Module, state_dict: dict, source: str) -> None:
         if block_variant_of(state_dict) == 'qarepvgg':
             hint += " with QARepVGG blocks (backbone.block_variant='qarepvgg')"
         raise CheckpointError(f'{exc}; {hint}') from exc
+
+
+def load_pretrained_into(module: nn.Module, checkpoint: str, prefix: str = 'backbone.') -> int:
+    """Load the ``prefix`` part of ``checkpoint`` strictly into ``module`` -- what
+    MMEngine's ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')``
+    does, but read safely, from any key format, and strictly.
+
+    Args:
+        module: The part to load, e.g. a backbone inside a detector or segmentor.
+        checkpoint: A file, an ``http(s)://`` URL or a zoo name with published weights.
+        prefix: Where ``module``'s weights sit among the checkpoint's keys *after*
+            conversion to our names (a whole classifier: ``'backbone.'``; a bare
+            backbone state dict in the original naming converts to ``backbone.*`` too).
+
+    Returns:
+        int: the number of tensors loaded.
+
+    Raises:
+        CheckpointError: naming the checkpoint when no key starts with ``prefix`` or the
+            part does not fit ``module`` (first mismatching keys, the arch it looks like).
+    """
+    from .io import read_checkpoint
+    state_dict, _, _ = read_checkpoint(checkpoint)
+    part = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                       if k.startswith(prefix))
+    if not part:
+        raise CheckpointError(f'{checkpoint!r} has no weights under {prefix!r} (first keys: '
+                              f'{list(state_dict)[:3]})')
+    try:
+        load_state_dict_strict(module, part, f'{checkpoint} [{prefix}*]')
+    except CheckpointError as exc:
+        arch = guess_arch(state_dict)
+        hint = f'the checkpoint looks like RepVGG arch {arch!r}' if arch else \
+            'its layout matches none of the known RepVGG archs'
+        raise CheckpointError(f'{exc}; {hint}') from exc
+    return len(part)
+

@@ -11,6 +11,7 @@ import torch.nn as nn
 from repvgg_mm.fileio import atomic_write
 
 from .safe_load import allow_training_checkpoints
+from .zoo import forget_download, hash_prefix, resolve_checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -37,15 +38,37 @@ def load_checkpoint_file(path: str) -> Any:
     MMEngine training checkpoints (message hub, numpy scalars) are readable through
     an allow-list of exactly their types; a pickle that would construct anything
     else -- and so could run code -- is refused with :class:`CheckpointError`.
+
+    ``path`` may also be an ``http(s)://`` URL or the name of a zoo model with
+    published weights: the file is fetched into the download cache and checked first
+    (:func:`repvgg_mm.checkpoints.zoo.resolve_checkpoint`), then read the same way. A
+    download without a hash in its name that cannot be read is removed from the cache.
     """
+    local, url = resolve_checkpoint(path)
+    if url is None:
+        return _load_local(local)
+    try:
+        return _load_local(local)
+    except CheckpointError as exc:
+        if hash_prefix(osp.basename(local)) is None:
+            forget_download(local, url)
+        raise CheckpointError(f'{url!r} (downloaded to {local!r}): {exc}') from exc
+
+
+def _load_local(path: str) -> Any:
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint {path!r} does not exist' + (
-            ' (it is a folder)' if osp.isdir(path) else ''))
+            ' (it is a folder)' if osp.isdir(path) else
+            ' (it is not a file, an http(s):// URL nor a zoo name with published weights)'))
     try:
         with allow_training_checkpoints():
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unpickling_reason(str(exc))
+        if reason.startswith('Unsupported operand') and not zipfile.is_zipfile(path):
+            # not a pickle at all (text, an image, random bytes): nothing to refuse
+            raise CheckpointError(f'checkpoint {path!r} could not be read: it is not a '
+                                  f'PyTorch checkpoint ({reason})') from exc
         raise CheckpointError(
             f'refusing to load {path!r}: it contains objects that are not plain weights '
             f'and loading them could run code ({reason})') from exc

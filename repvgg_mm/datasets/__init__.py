@@ -1,9 +1,9 @@
 from .demo_data import generate_demo_dataset
 from .gpu_loader import GPUDecodeLoader
-from .imagenet_layout import ImageNetLayoutDataset
+from .imagenet_layout import ImageNetLayoutDataset, count_classes, resolve_auto_num_classes
 from .loading import LoadImageChecked, image_is_complete
 from .samplers import SampleSeedSampler, SeededIndex, sample_seed, seed_everything
 
 __all__ = ['GPUDecodeLoader', 'ImageNetLayoutDataset', 'LoadImageChecked', 'SampleSeedSampler',
-           'SeededIndex', 'generate_demo_dataset', 'image_is_complete', 'sample_seed',
-           'seed_everything']
+           'SeededIndex', 'count_classes', 'generate_demo_dataset', 'image_is_complete',
+           'resolve_auto_num_classes', 'sample_seed', 'seed_everything']

@@ -18,8 +18,10 @@ from repvgg_mm.checkpoints import (
     extract_state_dict,
     load_checkpoint_file,
     load_weights_into,
+    resolve_checkpoint,
     to_ours,
 )
+from repvgg_mm.datasets.imagenet_layout import resolve_auto_num_classes
 from repvgg_mm.fileio import atomic_path
 from repvgg_mm.registry import RUNNERS
 
@@ -162,6 +164,17 @@ class RepVGGRunner(Runner):
       fails with one error naming the file.
     """
 
+    @classmethod
+    def from_cfg(cls, cfg) -> 'RepVGGRunner':
+        """MMEngine's ``from_cfg``, after ``num_classes='auto'`` (head and data
+        preprocessor) is set from the training data's classes (a fine-tuning config on
+        a user's folder of class sub-folders; :func:`resolve_auto_num_classes`)."""
+        resolved = resolve_auto_num_classes(cfg)
+        runner = super().from_cfg(cfg)
+        if resolved:
+            runner.logger.info(resolved)
+        return runner
+
     @master_only  # as MMEngine's: only rank 0 writes
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         if not osp.isdir(out_dir):  # remote storage: leave it to MMEngine
@@ -206,11 +219,27 @@ class RepVGGRunner(Runner):
                         revise_keys: list = ()) -> dict:
         """Read ``filename`` safely and load its weights strictly (see the class doc).
 
-        Any key format the project reads is accepted (ours, official, MMPretrain, timm).
+        Any key format the project reads is accepted (ours, official, MMPretrain, timm);
+        ``filename`` may also be a URL or a zoo name with published weights
+        (``load_from = 'repvgg-a0'``), downloaded once into the torch.hub cache.
         ``strict`` and ``revise_keys`` of MMEngine's signature are ignored: loading is
         always strict, except for the config's ``load_ignore_keys`` with ``load_from``.
         """
         resuming = getattr(self, '_resuming', False)
+        if not osp.exists(filename):
+            # a URL or zoo name (load_from = 'repvgg-a0'): rank 0 downloads it into the
+            # cache while the others wait, then every rank reads the cached file
+            failure, error = [None], None
+            if get_rank() == 0:
+                try:
+                    resolve_checkpoint(filename)
+                except Exception as exc:  # every rank stops, with rank 0's reason
+                    failure, error = [f'{type(exc).__name__}: {exc}'], exc
+            broadcast_object_list(failure, src=0)
+            if error is not None:
+                raise error
+            if failure[0] is not None:
+                raise CheckpointError(f'rank 0 could not fetch {filename!r}: {failure[0]}')
         checkpoint = load_checkpoint_file(filename)
         if not isinstance(checkpoint, dict):
             raise CheckpointError(f'{filename!r} holds a {type(checkpoint).__name__}, '

@@ -3,7 +3,8 @@ from .blocks import RepVGGBlock, SEBlock, fuse_conv_bn, identity_kernel
 from .heads import RepVGGplusClsHead
 from .necks import RepVGGplusAuxNeck
 from .reparam import max_logit_difference, reparameterize_model
+from .segmentors import FCNAuxHead, PSPHead, PSPNetSegmentor
 
-__all__ = ['RepVGG', 'RepVGGplus', 'RepVGGBlock', 'RepVGGplusAuxNeck', 'RepVGGplusClsHead',
-           'SEBlock', 'fuse_conv_bn', 'identity_kernel', 'reparameterize_model',
-           'max_logit_difference']
+__all__ = ['FCNAuxHead', 'PSPHead', 'PSPNetSegmentor', 'RepVGG', 'RepVGGplus', 'RepVGGBlock',
+           'RepVGGplusAuxNeck', 'RepVGGplusClsHead', 'SEBlock', 'fuse_conv_bn',
+           'identity_kernel', 'reparameterize_model', 'max_logit_difference']

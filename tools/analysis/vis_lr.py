@@ -9,7 +9,6 @@ lr and the total number of iterations. The lr is scaled as at run time
 """
 import argparse
 import csv
-import os
 import os.path as osp
 import sys
 
@@ -42,7 +41,6 @@ def main() -> int:
     out = args.out or osp.join('work_dirs',
                                osp.splitext(osp.basename(args.config))[0] + '_lr')
     out = osp.splitext(out)[0] if out.endswith(('.csv', '.png')) else out
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     with atomic_open(out + '.csv', 'w', encoding='utf-8') as f:
         writer = csv.writer(f)
         writer.writerow(['iter', 'epoch', 'lr'])

@@ -175,11 +175,31 @@ class RepVGG(BaseBackbone):
                 nn.init.constant_(m.rbr_identity.bias, self.IDENTITY_INIT_BIAS)
 
     def init_weights(self) -> None:
+        """MMEngine's initialisation, except that ``init_cfg=dict(type='Pretrained',
+        checkpoint=..., prefix='backbone.')`` is loaded through the project's checkpoint
+        reader: safely (no pickled code runs), from any known key format (ours, the
+        original's, MMPretrain's, timm's), strictly (a checkpoint of another arch is an
+        error, not a silent partial load), and ``checkpoint`` may be a file, a URL or a
+        zoo name with published weights (``'repvgg-a0'``). ``prefix`` defaults to
+        ``'backbone.'``."""
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        pretrained = any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in cfgs)
-        super().init_weights()
-        if not pretrained:  # never overwrite loaded weights
+        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
+        if not pretrained:
+            super().init_weights()
             self._apply_identity_init()
+            return
+        others = [c for c in cfgs if c is not None and c not in pretrained]
+        saved, self.init_cfg = self.init_cfg, others or None
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = saved
+        # lazily: the checkpoint code knows our modules
+        from repvgg_mm.checkpoints import load_pretrained_into
+        for cfg in pretrained:  # identity_init never overwrites loaded weights
+            if 'checkpoint' not in cfg:
+                raise KeyError(f"init_cfg {cfg} has no 'checkpoint' (a file, URL or zoo name)")
+            load_pretrained_into(self, cfg['checkpoint'], cfg.get('prefix') or 'backbone.')
 
     def _stage_layout(self, widths: List[int], strides: Sequence[int],
                       dilations: Sequence[int]) -> List[tuple]:

@@ -1,0 +1,3 @@
+from .pspnet import FCNAuxHead, PSPHead, PSPNetSegmentor
+
+__all__ = ['FCNAuxHead', 'PSPHead', 'PSPNetSegmentor']
