@@ -35,3 +35,14 @@ lint: $(STAMP)
 
 clean:
 	rm -rf work_dirs data/demo
+
+# The wheels tools/analysis/gpu_speed_check.sh installs on a bare GPU machine that has
+# torch, torchvision, numpy, OpenCV and the usual scientific stack but nothing of
+# OpenMMLab (pure-Python wheels, about 3.5 MB; never torch itself):
+#   make gpu-wheels && WHEELS=.whl tools/analysis/gpu_speed_check.sh
+GPU_WHEELS := mmengine==0.10.7 mmcv-lite==2.2.0 mmpretrain==1.2.0 addict yapf platformdirs \
+	termcolor mat4py modelindex model-index ordered-set importlib-metadata
+.PHONY: gpu-wheels
+gpu-wheels: $(STAMP)
+	$(VENV_PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)

@@ -21,11 +21,14 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Read a config file and apply ``--cfg-options`` overrides.
+    """Read a config file and apply ``--cfg-options`` overrides. ``PACKAGE::PATH``
+    (MMEngine's notation, e.g. ``mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py``) reads a
+    config shipped inside an installed OpenMMLab package.
 
     Raises:
         ConfigError: naming the file, when it does not exist or does not parse.
     """
+    path = package_config_path(path)
     if not osp.isfile(path):
         raise ConfigError(f'config file {path!r} does not exist')
     try:
@@ -38,6 +41,19 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
             check_override_type(cfg, key, value)
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def package_config_path(path: str) -> str:
+    """The file behind ``PACKAGE::PATH``: ``PATH`` below the configs an OpenMMLab
+    package installs (``<package>/.mim/configs``); any other path as it is."""
+    if '::' not in path:
+        return path
+    import importlib.util
+    package, relative = path.split('::', 1)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f'config {path!r}: the package {package!r} is not installed')
+    return osp.join(list(spec.submodule_search_locations)[0], '.mim', 'configs', relative)
 
 
 _MISSING = object()

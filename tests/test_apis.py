@@ -219,13 +219,18 @@ def test_plot_curves_from_a_real_training_log(trained, tmp_path):
 
 
 def test_tensorboard_option_without_tensorboard_names_the_install(monkeypatch, tmp_path):
-    cfg = load_config(osp.join(ROOT, 'configs', '_base_', 'options', 'tensorboard.py'))
-    assert [b['type'] for b in cfg.vis_backends] == ['LocalVisBackend',
-                                                     'TensorboardVisBackend']
+    from repvgg_mm.engine.runner import merge_option_keys
+    config = tmp_path / 'a0_tb.py'
+    config.write_text(f"_base_ = ['{ROOT}/configs/repvgg-a0.py', "
+                      f"'{ROOT}/configs/_base_/options/tensorboard.py']\n")
+    cfg = load_config(str(config))
+    assert merge_option_keys(cfg) == ['vis_backends_tensorboard']
+    backends = cfg.visualizer.vis_backends
+    assert [b['type'] for b in backends] == ['LocalVisBackend', 'TensorboardVisBackend']
     from mmengine.registry import VISBACKENDS
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)  # as if missing
     with pytest.raises(ImportError, match='pip install tensorboard'):
-        VISBACKENDS.build(dict(cfg.vis_backends[1], save_dir=str(tmp_path)))
+        VISBACKENDS.build(dict(backends[1], save_dir=str(tmp_path)))
 
 
 def test_get_flops_tool_prints_mmengines_count():

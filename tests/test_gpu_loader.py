@@ -1,6 +1,7 @@
 """The GPU-decoding train loader, exercised on the CPU (same code, CPU decoder)."""
 import json
 import os.path as osp
+import random
 import shutil
 from types import SimpleNamespace
 from unittest import mock
@@ -16,7 +17,7 @@ from torchvision.io import decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
 from repvgg_mm.apis import build_model
-from repvgg_mm.datasets.gpu_augment import crop_resize_flip, draw_crop_and_flip
+from repvgg_mm.datasets.gpu_augment import draw_crop_and_flip, finish_batch, resize_crop
 from repvgg_mm.datasets.gpu_loader import build_loader
 from repvgg_mm.datasets.samplers import sample_seed
 from repvgg_mm.datasets.synthetic_imagenet import draw_photo, make_synthetic_imagenet
@@ -27,9 +28,10 @@ GPU_DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'repvgg-a0_gpudecode_demo.py
 
 def shipped_loader_cfg(data_root, **overrides):
     """The demo variant's train loader as a user gets it (workers included), on
-    ``data_root``."""
+    ``data_root``, on the CPU (the GPU tests ask for CUDA themselves)."""
     cfg = Config.fromfile(GPU_DEMO_CONFIG).train_dataloader.to_dict()
     cfg['dataset']['data_root'] = data_root
+    cfg['device'] = 'cpu'
     cfg.update(overrides)
     return cfg
 
@@ -79,22 +81,44 @@ def test_two_ranks_see_every_image_once_and_epochs_reshuffle(tiny_data):
         assert torch.equal(a['inputs'], b['inputs'])
 
 
-def test_crop_boxes_match_torchvision_and_rrc_ranges():
+def _ks_statistic(a, b):
+    """Two-sample Kolmogorov-Smirnov distance between two samples."""
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    return np.abs(np.searchsorted(a, grid, side='right') / len(a)
+                  - np.searchsorted(b, grid, side='right') / len(b)).max()
+
+
+def test_crop_boxes_have_torchvisions_distribution_and_depend_on_the_seed_alone():
+    """The cheap per-sample generator draws boxes distributed as torchvision's
+    RandomResizedCrop.get_params (two-sample KS tests on area, aspect ratio and
+    position, 4,000 boxes each; the 1 % critical distance is 0.036), the same box for
+    the same seed every time, and leaves every global generator alone."""
     scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
-    areas, aspects = [], []
-    for seed in range(1000):
+    ours, theirs = [], []
+    torch.manual_seed(0)
+    for seed in range(4000):
         height, width = (375, 500) if seed % 2 else (500, 333)
-        state = torch.get_rng_state()
-        ours, _ = draw_crop_and_flip(height, width, scale, ratio, 0.5, sample_seed(0, 1, seed))
-        assert torch.equal(torch.get_rng_state(), state)  # the global state is untouched
-        torch.manual_seed(sample_seed(0, 1, seed))
-        theirs = RandomResizedCrop.get_params(torch.empty(3, height, width), scale, ratio)
-        assert ours == tuple(theirs)
-        top, left, h, w = ours
+        state, py_state = torch.get_rng_state(), random.getstate()
+        box, _ = draw_crop_and_flip(height, width, scale, ratio, 0.5, sample_seed(0, 1, seed))
+        assert torch.equal(torch.get_rng_state(), state) and random.getstate() == py_state
+        assert (box, True) != draw_crop_and_flip(height, width, scale, ratio, 1.0, seed + 1)
+        assert draw_crop_and_flip(height, width, scale, ratio, 0.5,
+                                  sample_seed(0, 1, seed))[0] == box
+        top, left, h, w = box
         assert 0 <= top <= height - h and 0 <= left <= width - w
-        areas.append(h * w / (height * width))
-        aspects.append(w / h)
-    areas, aspects = np.array(areas), np.array(aspects)
+        ours.append((h * w / (height * width), w / h, top / max(height - h, 1),
+                     left / max(width - w, 1)))
+        top, left, h, w = RandomResizedCrop.get_params(torch.empty(3, height, width),
+                                                       list(scale), list(ratio))
+        theirs.append((h * w / (height * width), w / h, top / max(height - h, 1),
+                       left / max(width - w, 1)))
+    ours, theirs = np.array(ours), np.array(theirs)
+    for column in range(4):
+        assert _ks_statistic(ours[:, column], theirs[:, column]) < 0.036, column
+    flips = [draw_crop_and_flip(375, 500, scale, ratio, 0.5, s)[1] for s in range(4000)]
+    assert abs(np.mean(flips) - 0.5) < 0.03
+    areas, aspects = ours[:, 0], ours[:, 1]
     assert areas.min() >= 0.07 and areas.max() <= 1.0
     assert aspects.min() >= 0.74 and aspects.max() <= 1.35
     # area ~ U(0.08, 1) (mean 0.54), but large crops with an extreme aspect do not fit
@@ -111,8 +135,8 @@ def test_resize_agrees_with_the_cpu_pipeline(tmp_path):
     draw_photo(np.random.RandomState(1), 500, 375).save(path, quality=90)
     data = open(path, 'rb').read()
     box = (40, 60, 250, 300)
-    ours = crop_resize_flip(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)),
-                            box, 224, flip=True)
+    image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    ours = finish_batch([resize_crop(image, box, 224)], torch.tensor([True]), False)[0]
     # configs/repvgg-a0.py: OpenCV decode (BGR), crop, PIL bilinear resize, flip
     top, left, h, w = box
     bgr = mmcv.imfrombytes(data)
@@ -157,7 +181,7 @@ def test_cmyk_and_png_go_through_the_cpu_fallback(odd_files_data):
                for k, s in enumerate(b['data_samples'])}
     assert broken not in by_path
     for path in (cmyk, png):  # full-image crop of a 32x32 image: the decoded pixels
-        expected = np.asarray(Image.open(path).convert('RGB'))[..., ::-1]  # BGR
+        expected = np.asarray(Image.open(path).convert('RGB'))  # RGB batches
         got = by_path[path].permute(1, 2, 0).numpy()
         assert np.abs(got.astype(int) - expected).mean() < 1.0
 
@@ -207,13 +231,17 @@ def test_synthetic_imagenet_and_train_speed_tool(tmp_path):
     assert len(lines) == 20 and len({line.split('/')[1] for line in lines}) == 10
     with Image.open(root / lines[0].rsplit(' ', 1)[0]) as img:
         assert img.format == 'JPEG' and min(img.size) >= 300
+    reference = 'mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py'  # its stock config, its Runner
     out = python_tool('analysis/train_speed.py', DEMO_CONFIG, GPU_DEMO_CONFIG,
-                      '--data-root', str(root), '--model-only', '--iters', '2',
-                      '--warmup', '1', '--batch-size', '4')
+                      '--reference', reference, '--data-root', str(root), '--model-only',
+                      '--iters', '2', '--warmup', '1', '--batch-size', '4', '--workers', '1')
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
-    assert [r['run'] for r in results] == [DEMO_CONFIG, GPU_DEMO_CONFIG, 'model-only']
-    assert [r['loader'] for r in results] == ['DataLoader', 'GPUDecodeLoader',
+    assert [r['run'] for r in results] == [reference, DEMO_CONFIG, GPU_DEMO_CONFIG,
+                                           'model-only']
+    assert [r['loader'] for r in results] == ['DataLoader', 'DataLoader', 'GPUDecodeLoader',
                                               'fixed batch on device']
+    (row, ) = [ln for ln in out.stdout.splitlines() if ln.startswith(reference + ' ')]
+    assert row.endswith(' 1.00')  # the ratios' base
     for r in results:
         assert r['images'] == 8 and r['imgs_per_s'] > 0
 
@@ -221,11 +249,15 @@ def test_synthetic_imagenet_and_train_speed_tool(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_gpu_and_cpu_paths_agree(tiny_data):
+    """Decoded on the GPU -- every clean JPEG (none fell back to the CPU) -- and within
+    the tolerance of the CPU path."""
     batches = {}
     for device in ('cpu', 'cuda'):
         loader = build_loader(shipped_loader_cfg(tiny_data, device=device, batch_size=16),
                               seed=0)
         batches[device] = epoch_batches(loader, 0)
+        assert loader.epoch_stats['cpu_decoded'] == 0, loader.epoch_stats
+        assert loader.epoch_stats['images'] == len(loader.dataset)
     for a, b in zip(batches['cpu'], batches['cuda']):
         assert b['inputs'].is_cuda
         assert [s.sample_idx for s in a['data_samples']] == \
@@ -233,20 +265,190 @@ def test_gpu_and_cpu_paths_agree(tiny_data):
         assert (a['inputs'].float() - b['inputs'].cpu().float()).abs().mean() < 3
 
 
-def test_speed_options_compose_with_the_gpu_decode_config(tmp_path):
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_delayed_side_stream_changes_no_pixel(tiny_data):
+    """The decoder writes from its own CUDA stream into memory allocated on the
+    loader's side stream. With that stream held back by a long kernel after every
+    batch, memory still in use there must not be handed to the next decode: prefetched
+    batches equal the ones made without prefetching, bit for bit."""
+    from repvgg_mm.datasets import gpu_loader
+    real = gpu_loader.finish_batch
+
+    def finish_then_stall(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time queued on this stream
+        return batch
+
+    results = {}
+    for prefetch in (0, 2):
+        loader = build_loader(shipped_loader_cfg(tiny_data, device='cuda', batch_size=8,
+                                                 prefetch=prefetch), seed=0)
+        with mock.patch.object(gpu_loader, 'finish_batch', finish_then_stall):
+            results[prefetch] = [b['inputs'].cpu() for b in epoch_batches(loader, 0)]
+    assert len(results[0]) == len(results[2])
+    for a, b in zip(results[0], results[2]):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture
+def many_samples(tiny_data, tmp_path):
+    """A list file of 520 samples over the tiny data's 60 train images."""
+    lines = open(osp.join(tiny_data, 'train_list.txt')).read().split()
+    pairs = list(zip(lines[::2], lines[1::2]))
+    (tmp_path / 'many.txt').write_text(
+        ''.join(f'{pairs[i % len(pairs)][0]} {pairs[i % len(pairs)][1]}\n'
+                for i in range(520)))
+    return str(tmp_path / 'many.txt')
+
+
+def test_batch_256_with_4_workers_under_512_open_files(tiny_data, many_samples):
+    """A batch crosses from a worker as a few packed tensors, not one shared-memory
+    file per image: batch 256 with 4 workers runs under `ulimit -n 512` (it failed
+    under 256 with 2 workers when every file was a tensor of its own)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    loader = build_loader(shipped_loader_cfg(
+        tiny_data, batch_size=256, num_workers=4,
+        dataset=dict(type='ImageNetLayoutDataset', data_root=tiny_data,
+                     list_file=many_samples)), seed=0)
+    # the samples stay in MMEngine's serialised buffer, not in a list per worker
+    reader = loader._loader.dataset
+    assert reader.dataset.serialize_data and not reader.dataset.data_list
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        batches = epoch_batches(loader, 0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [len(b['data_samples']) for b in batches] == [256, 256, 8]
+    assert batches[0]['inputs'].shape == (256, 3, 32, 32)
+
+
+def test_decoder_failures_are_errors_refused_files_fall_back(tiny_data):
+    """A decoder that does not work (no nvJPEG, out of memory) stops with one line
+    saying what to do; a file the decoder refuses is decoded on the CPU and counted,
+    in the stats, the message hub and -- above 1 % of the epoch -- a warning."""
+    from mmengine.logging import MessageHub
+
+    from repvgg_mm.datasets import gpu_augment, gpu_loader
+    from repvgg_mm.datasets.gpu_augment import DecoderError
+    make = lambda: build_loader(shipped_loader_cfg(tiny_data, num_workers=0, batch_size=16,
+                                                   prefetch=0), seed=0)
+    for failure, needle in (
+            (RuntimeError('decode_jpegs_cuda: torchvision not compiled with nvJPEG '
+                          'support'), 'build with nvJPEG'),
+            (torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.0 GiB'),
+             'reduce the batch size')):
+        with mock.patch.object(gpu_augment, 'decode_jpeg', side_effect=failure):
+            with pytest.raises(DecoderError, match=needle) as info:  # as on a GPU machine
+                gpu_augment.decode_jpegs([torch.ones(9, dtype=torch.uint8)],
+                                         torch.device('cuda', 0))
+        assert "device='cpu'" in str(info.value) and len(str(info.value).splitlines()) == 1
+    # through the loader: the epoch stops, nothing is decoded elsewhere in silence
+    with mock.patch.object(gpu_augment, 'decode_jpeg',
+                           side_effect=RuntimeError('No such operator image::decode_jpegs')):
+        with pytest.raises(DecoderError, match='the cpu JPEG decoder failed.*image extension'):
+            epoch_batches(make(), 0)
+    real = gpu_augment.decode_jpeg
+    refused = []
+
+    def refuse_first_file(data, **kwargs):
+        if isinstance(data, list):  # the batched call fails as a whole ...
+            raise RuntimeError('Error while decoding JPEG images: Failed to get image info')
+        if not refused:  # ... and, file by file, only the first file is refused
+            refused.append(data)
+            raise RuntimeError('Error while decoding JPEG images: Failed to get image info')
+        return real(data, **kwargs)
+    loader = make()
+    with mock.patch.object(gpu_augment, 'decode_jpeg', side_effect=refuse_first_file), \
+            mock.patch.object(gpu_loader, 'print_log') as log:
+        batches = epoch_batches(loader, 0)
+    assert loader.epoch_stats == dict(images=60, cpu_decoded=1, skipped=0)
+    assert MessageHub.get_current_instance().get_scalar('train/cpu_decoded').current() == 1
+    (call, ) = log.call_args_list
+    assert call.kwargs['level'] == 30 and '1 of 60 images (1.7 %)' in call.args[0]
+    assert sum(len(b['data_samples']) for b in batches) == 60
+
+
+def test_rgb_batches_need_no_flip_and_a_plain_preprocessor_is_refused(tiny_data):
+    """The loader's RGB batch, declared as such, gives the model exactly the input the
+    same batch in BGR gives through MMPretrain's usual flip; a preprocessor that would
+    flip it anyway is an error before training."""
+    from mmpretrain.models.utils import ClsDataPreprocessor
+
+    from repvgg_mm.engine.hooks import DataModelCheckHook
+    from repvgg_mm.models import OrderAwareClsDataPreprocessor
+    settings = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                    to_rgb=True)
+    loader = build_loader(shipped_loader_cfg(tiny_data, num_workers=0, batch_size=8), seed=0)
+    batch = epoch_batches(loader, 0)[0]
+    assert batch['channel_order'] == 'rgb'
+    ours = OrderAwareClsDataPreprocessor(**settings)(batch, True)['inputs']
+    bgr = dict(inputs=batch['inputs'].flip(1), data_samples=batch['data_samples'])
+    torch.testing.assert_close(ours, ClsDataPreprocessor(**settings)(bgr, True)['inputs'],
+                               rtol=0, atol=0)
+    as_bgr = build_loader(shipped_loader_cfg(tiny_data, num_workers=0, batch_size=8,
+                                             channel_order='bgr'), seed=0)
+    torch.testing.assert_close(epoch_batches(as_bgr, 0)[0]['inputs'], bgr['inputs'])
+    runner = SimpleNamespace(model=SimpleNamespace(
+        data_preprocessor=ClsDataPreprocessor(**settings)))
+    with pytest.raises(ValueError, match="OrderAwareClsDataPreprocessor"):
+        DataModelCheckHook._check_channel_order(runner, loader)
+    runner.model.data_preprocessor = OrderAwareClsDataPreprocessor(**settings)
+    DataModelCheckHook._check_channel_order(runner, loader)
+
+
+def test_speed_options_compose_with_the_gpu_decode_config(tmp_path, tiny_data):
+    """channels-last + EMA + compile + TensorBoard in one config: every option's hook
+    is there, and channels-last reaches the loader's batches."""
+    from repvgg_mm.engine.runner import merge_option_keys
     cfg_path = tmp_path / 'fast.py'
-    configs = osp.join(ROOT, 'configs')
-    cfg_path.write_text(f"_base_ = ['{configs}/repvgg-a0_gpudecode.py', "
-                        f"'{configs}/_base_/options/channels_last.py', "
-                        f"'{configs}/_base_/options/compile.py']\n")
+    options = osp.join(ROOT, 'configs', '_base_', 'options')
+    cfg_path.write_text(f"_base_ = ['{ROOT}/configs/repvgg-a0_gpudecode.py', "
+                        + ', '.join(f"'{options}/{name}.py'" for name in
+                                    ('channels_last', 'ema', 'compile', 'tensorboard'))
+                        + ']\n')
     cfg = Config.fromfile(str(cfg_path))
     assert cfg.compile is True
-    assert [h['type'] for h in cfg.custom_hooks] == ['ChannelsLastHook']
-    loader = cfg.train_dataloader
-    assert loader.type == 'GPUDecodeLoader' and 'pipeline' not in loader.dataset
-    assert (loader.crop_size, tuple(loader.scale), loader.flip_prob) == (224, (0.08, 1.0), 0.5)
+    assert merge_option_keys(cfg) == ['custom_hooks_channels_last', 'custom_hooks_ema',
+                                      'vis_backends_tensorboard']
+    assert [h['type'] for h in cfg.custom_hooks] == ['ChannelsLastHook', 'EMAHook']
+    assert [b['type'] for b in cfg.visualizer.vis_backends] == ['LocalVisBackend',
+                                                                'TensorboardVisBackend']
+    loader_cfg = cfg.train_dataloader
+    assert loader_cfg.type == 'GPUDecodeLoader' and 'pipeline' not in loader_cfg.dataset
+    assert (loader_cfg.crop_size, tuple(loader_cfg.scale), loader_cfg.flip_prob) == \
+        (224, (0.08, 1.0), 0.5)
     model = build_model(cfg)
-    ChannelsLastHook().before_run(SimpleNamespace(model=model, logger=mock.Mock()))
+    loader = build_loader(shipped_loader_cfg(tiny_data, num_workers=0, batch_size=4), seed=0)
+    runner = SimpleNamespace(model=model, logger=mock.Mock(),
+                             train_loop=SimpleNamespace(dataloader=loader))
+    hook = ChannelsLastHook()
+    hook.before_run(runner)  # on the CPU: off, saying why (oneDNN's NHWC 1x1 backward)
+    assert 'oneDNN #6035' in runner.logger.warning.call_args.args[0]
+    weight = model.backbone.stage0.rbr_dense.conv.weight
+    assert weight.is_contiguous() and not loader.channels_last
+    with mock.patch.object(ChannelsLastHook, '_on_cpu', return_value=False):  # as on a GPU
+        hook.before_run(runner)
+        hook.before_train(runner)
     weight = model.backbone.stage0.rbr_dense.conv.weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
     assert not weight.is_contiguous()
+    loader.sampler.set_epoch(0)
+    batch = next(iter(loader))['inputs']
+    assert batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
+
+
+def test_gpu_check_script_stops_at_once_without_cuda(tmp_path):
+    """tools/analysis/gpu_speed_check.sh checks CUDA before installing or writing
+    anything: one line and status 1 here."""
+    import sys
+
+    from conftest import run_tool
+    result = run_tool('bash', 'tools/analysis/gpu_speed_check.sh', str(tmp_path / 'data'),
+                      env={'PYTHON': sys.executable, 'WHEELS': str(tmp_path / 'none')},
+                      check=False)
+    assert result.returncode == 1, result.stderr
+    (line, ) = result.stderr.strip().splitlines()
+    assert line.startswith('gpu_speed_check.sh:') and 'sees no CUDA device' in line
+    assert not (tmp_path / 'data').exists()

@@ -264,6 +264,8 @@ def test_ema_option_adds_mmengines_ema_hook(tmp_path):
     path.write_text(f"_base_ = ['{ROOT}/configs/repvgg-a0.py', "
                     f"'{ROOT}/configs/_base_/options/ema.py']\n")
     cfg = Config.fromfile(str(path))
+    from repvgg_mm.engine.runner import merge_option_keys
+    assert merge_option_keys(cfg) == ['custom_hooks_ema']
     assert cfg.custom_hooks == [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
     from mmengine.registry import HOOKS
     assert HOOKS.get('EMAHook') is not None

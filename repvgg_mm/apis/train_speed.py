@@ -3,6 +3,7 @@ loading included, for several configs side by side in one run, plus the model al
 on a batch already on the device (the ceiling any loader can reach)."""
 import copy
 import gc
+import os.path as osp
 import shutil
 import statistics
 import tempfile
@@ -71,16 +72,23 @@ def _speed_config(cfg: Config, data_root: str, batch_size: Optional[int],
                   compile_model: bool, work_dir: str) -> Config:
     cfg = copy.deepcopy(cfg)
     loader = cfg.train_dataloader
-    loader.dataset.data_root = data_root
-    loader.dataset.split = 'train'
+    if cfg.get('default_scope', 'repvgg_mm') == 'repvgg_mm':
+        loader.dataset.data_root = data_root
+        loader.dataset.split = 'train'
+    else:  # another package's config (the reference): MMPretrain's generic data set
+        listed = osp.isfile(osp.join(data_root, 'train_list.txt'))
+        loader.dataset = dict(type='CustomDataset', data_root=data_root,
+                              ann_file='train_list.txt' if listed else '',
+                              data_prefix='' if listed else 'train',
+                              pipeline=loader.dataset.pipeline)
     if batch_size:
         loader.batch_size = batch_size
     if num_workers is not None:
         loader.num_workers = num_workers
         loader.persistent_workers = num_workers > 0
-    if channels_last:
+    if channels_last:  # scoped: a reference config of another scope finds it too
         cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
-            dict(type='ChannelsLastHook')]
+            dict(type='repvgg_mm.ChannelsLastHook')]
         if loader.get('type') == 'GPUDecodeLoader':
             loader.channels_last = True
     if amp:
@@ -122,6 +130,11 @@ def _run(cfg: Config, warmup: int, iters: int, fixed_batch: bool) -> Tuple[float
         batch_size = cfg.train_dataloader.batch_size
         inputs = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
                                generator=gen).to(device)
+        hooks = [*(cfg.get('custom_hooks') or []), *(cfg.get('custom_hooks_channels_last')
+                                                      or [])]
+        if device.type == 'cuda' and any(  # as the loaders give it (CPU: see the hook)
+                str(h.get('type')).endswith('ChannelsLastHook') for h in hooks):
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         samples = []
         for i in range(batch_size):
             sample = DataSample()
@@ -155,7 +168,7 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
                         iters: int = 20, warmup: int = 5, batch_size: Optional[int] = None,
                         num_workers: Optional[int] = None, amp: bool = False,
                         channels_last: bool = False, model_only: Sequence[bool] = (),
-                        rounds: int = 1) -> List[dict]:
+                        rounds: int = 1, model_only_run: int = 0) -> List[dict]:
     """Training images/s of each run, measured in turn in this process.
 
     Args:
@@ -165,7 +178,8 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
         batch_size / num_workers: Override the configs' train loader settings.
         amp: bf16 autocast (``AmpOptimWrapper``). channels_last: model and batches.
         model_only: For each value (compile or not), one more measurement of the
-            first config's model training on one batch already on the device.
+            model of ``runs[model_only_run]`` training on one batch already on the
+            device.
         rounds: Measure every run this many times, taking turns (so that a drift of a
             shared machine hits all runs alike); the median round counts.
 
@@ -174,8 +188,8 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
         ``images`` per round and the settings.
     """
     plan = [(name, cfg, comp, False) for name, cfg, comp in runs]
-    plan += [('model-only' + (' + compile' if comp else ''), runs[0][1], comp, True)
-             for comp in model_only]
+    plan += [('model-only' + (' + compile' if comp else ''), runs[model_only_run][1], comp,
+              True) for comp in model_only]
     speeds: List[List[float]] = [[] for _ in plan]
     images_per_round: List[int] = [0] * len(plan)
     for _ in range(rounds):

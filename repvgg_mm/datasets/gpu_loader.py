@@ -9,62 +9,74 @@ from contextlib import nullcontext
 from typing import Iterator, List, Optional, Sequence
 
 import torch
-from mmengine.logging import print_log
+from mmengine.logging import MessageHub, print_log
 from mmpretrain.structures import DataSample
 from torch.utils.data import DataLoader, Dataset
 
 from repvgg_mm.datasets.gpu_augment import (
     broken_message,
-    crop_resize_flip,
     decode_jpegs,
     decode_on_cpu,
-    read_sample,
+    finish_batch,
+    read_batch,
+    resize_crop,
 )
-from repvgg_mm.datasets.samplers import sample_seed
 from repvgg_mm.registry import DATA_LOADERS, DATA_SAMPLERS, DATASETS
 
+# Above this fraction of an epoch's images decoded on the CPU, the loader warns: the
+# GPU decoder is then not doing the work it is there for.
+CPU_FALLBACK_WARN_FRACTION = 0.01
 
-class _FileReader(Dataset):
-    """What the workers run: ``(index, seed)`` -> :func:`read_sample`'s dict."""
 
-    def __init__(self, data_list: List[dict], **params) -> None:
-        self.samples = [(d['img_path'], int(d['gt_label'])) for d in data_list]
+class _BatchReader(Dataset):
+    """What the workers run: one *batch* key ``(epoch, [index, ...])`` -> a packed
+    batch (:func:`~repvgg_mm.datasets.gpu_augment.read_batch`).
+
+    The samples are read from the dataset's own storage (MMEngine serialises its list
+    into one buffer), one ``get_data_info`` per sample: forked workers share that
+    buffer instead of each copying a Python list of 1.28 M entries.
+    """
+
+    def __init__(self, dataset, seed: int, backend_args: Optional[dict], **params) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.backend_args = backend_args
         self.params = params
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.dataset)
 
     def __getitem__(self, key) -> dict:
-        index, seed = key
-        path, label = self.samples[index]
-        return read_sample(path, label, index, seed, **self.params)
+        epoch, indices = key
+        samples = []
+        for index in indices:
+            info = self.dataset.get_data_info(index)
+            samples.append((index, info['img_path'], int(info['gt_label'])))
+        return read_batch(samples, epoch, self.seed, backend_args=self.backend_args,
+                          **self.params)
 
 
-class _SeededBatches:
-    """Batches of ``(index, per-sample seed)`` from the sampler, the seed made from
-    (seed, the sampler's current epoch, index) when the epoch starts (in the main
-    process, so persistent workers need not know the epoch)."""
+class _BatchKeys:
+    """The sampler's indices in batches, each with the sampler's epoch at the time the
+    epoch starts (the workers derive every sample's seed from (seed, epoch, index), so
+    persistent workers need not know the epoch)."""
 
-    def __init__(self, sampler, batch_size: int, seed: int) -> None:
-        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+    def __init__(self, sampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
 
-    def __iter__(self) -> Iterator[list]:
+    def __iter__(self) -> Iterator[tuple]:
         epoch = getattr(self.sampler, 'epoch', 0)
         batch = []
         for index in self.sampler:
-            batch.append((index, sample_seed(self.seed, epoch, index)))
+            batch.append(int(index))
             if len(batch) == self.batch_size:
-                yield batch
+                yield epoch, batch
                 batch = []
         if batch:
-            yield batch
+            yield epoch, batch
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
-
-
-def _as_list(batch: list) -> list:
-    return batch
 
 
 @DATA_LOADERS.register_module()
@@ -72,11 +84,22 @@ class GPUDecodeLoader:
     """Training loader: workers read bytes, the device decodes and augments.
 
     Augmentation as ``configs/repvgg-a0.py``'s train pipeline: random-resized crop
-    (box drawn as torchvision's ``RandomResizedCrop.get_params`` from a generator seeded
-    by (seed, epoch, sample index)), antialiased bilinear resize to ``crop_size``,
-    horizontal flip. Normalisation stays in the model's data preprocessor; batches are
-    uint8 in BGR channel order like MMCV's ``LoadImageFromFile`` (the preprocessor's
-    ``to_rgb`` turns them back), as ``dict(inputs=..., data_samples=[DataSample])``.
+    (box drawn as torchvision's ``RandomResizedCrop.get_params`` does, from a generator
+    seeded by (seed, epoch, sample index)), antialiased bilinear resize to
+    ``crop_size``, horizontal flip. Normalisation stays in the model's data
+    preprocessor. Batches are ``dict(inputs=..., data_samples=[DataSample],
+    channel_order=...)``: uint8 images in RGB order, which
+    :class:`~repvgg_mm.models.OrderAwareClsDataPreprocessor` (the configs' data
+    preprocessor) takes without its BGR-to-RGB flip; ``channel_order='bgr'`` gives
+    MMCV's order instead, for any other preprocessor with ``to_rgb=True``.
+
+    Per batch, each worker sends one packed batch (all file bytes in one tensor); the
+    main process decodes it in one call and runs one resize per image plus a fixed
+    number of batch-wide operations. The decoder's failures are told apart: a file it
+    refuses (CMYK, damaged) is decoded on the CPU and counted (``cpu_decoded`` in
+    ``epoch_stats``, the log and the message hub's ``train/cpu_decoded``; a warning above
+    1 % of an epoch), a decoder that does not work (no nvJPEG, CUDA out of memory) is an
+    error.
 
     Args:
         dataset (dict): Config of the dataset that lists the samples (e.g.
@@ -92,11 +115,16 @@ class GPUDecodeLoader:
         flip_prob (float): Probability of a horizontal flip. Defaults to 0.5.
         device (str): ``'auto'`` (CUDA when available, else CPU), ``'cuda'`` or
             ``'cpu'``. Defaults to ``'auto'``.
-        channels_last (bool): Return channels-last batches. Defaults to False.
+        channels_last (bool): Return channels-last batches (the channels-last option's
+            hook sets it). Defaults to False.
+        channel_order (str): ``'rgb'`` (default) or ``'bgr'``, see above.
         prefetch (int): Batches prepared ahead in a background thread (on a side CUDA
-            stream on the GPU); 0 prepares each batch when asked. Defaults to 2.
+            stream, created once per loader, on the GPU); 0 prepares each batch when
+            asked. Defaults to 2.
         skip_broken (bool): Drop unreadable files from their batch (counted in the log
             per epoch) instead of failing. Defaults to False.
+        backend_args (dict, optional): MMEngine file backend the workers read through
+            (e.g. a zip archive backend). Defaults to None (local files).
         seed (int, optional): Seed of the sampler (given by the Runner). The
             augmentation is seeded by the sampler's seed, which is the same on every
             rank: sample indices are unique across ranks, so one seed serves all.
@@ -109,12 +137,16 @@ class GPUDecodeLoader:
                  num_workers: int = 8, persistent_workers: bool = True,
                  crop_size: int = 224, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
-                 device: str = 'auto', channels_last: bool = False, prefetch: int = 2,
-                 skip_broken: bool = False, seed: Optional[int] = None,
+                 device: str = 'auto', channels_last: bool = False,
+                 channel_order: str = 'rgb', prefetch: int = 2, skip_broken: bool = False,
+                 backend_args: Optional[dict] = None, seed: Optional[int] = None,
                  diff_rank_seed: bool = False, pin_memory: bool = True) -> None:
         if device not in ('auto', 'cuda', 'cpu') and not device.startswith('cuda:'):
             raise ValueError(f"GPUDecodeLoader: device={device!r}; expected 'auto', 'cuda' "
                              "or 'cpu'")
+        if channel_order not in ('rgb', 'bgr'):
+            raise ValueError(f"GPUDecodeLoader: channel_order={channel_order!r}; expected "
+                             "'rgb' or 'bgr'")
         if device == 'auto':
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         if device.startswith('cuda') and not torch.cuda.is_available():
@@ -135,16 +167,18 @@ class GPUDecodeLoader:
         self.batch_size = batch_size
         self.crop_size = crop_size
         self.channels_last = channels_last
+        self.channel_order = channel_order
         self.prefetch = prefetch
         self.skip_broken = skip_broken
-        # the dataset's list (serialised by MMEngine) is the one source of the samples
-        reader = _FileReader([self.dataset.get_data_info(i) for i in range(len(self.dataset))],
-                             scale=tuple(scale), ratio=tuple(ratio), flip_prob=flip_prob)
-        self.batch_sampler = _SeededBatches(self.sampler, batch_size, self.seed)
+        reader = _BatchReader(self.dataset, self.seed, backend_args, scale=tuple(scale),
+                              ratio=tuple(ratio), flip_prob=flip_prob)
+        self.batch_sampler = _BatchKeys(self.sampler, batch_size)
+        # one key per batch (batch_size=None): the reader packs the batch itself
         self._loader = DataLoader(
-            reader, batch_sampler=self.batch_sampler, num_workers=num_workers,
-            collate_fn=_as_list, persistent_workers=persistent_workers and num_workers > 0,
+            reader, sampler=self.batch_sampler, batch_size=None, num_workers=num_workers,
+            persistent_workers=persistent_workers and num_workers > 0,
             pin_memory=pin_memory and self.device.type == 'cuda')
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == 'cuda' else None
         self.epoch_stats = self._new_stats()
 
     @staticmethod
@@ -160,68 +194,104 @@ class GPUDecodeLoader:
         if self.prefetch > 0:
             batches = self._prefetched(batches)
         yield from batches
+        self._report_epoch()
+
+    def _report_epoch(self) -> None:
         stats = self.epoch_stats
-        if stats['cpu_decoded'] or stats['skipped']:
-            print_log(f"GPUDecodeLoader, epoch {getattr(self.sampler, 'epoch', 0) + 1}: "
-                      f"{stats['images']} images, {stats['cpu_decoded']} decoded on the CPU "
-                      f"(the {self.device.type} JPEG decoder could not take them), "
-                      f"{stats['skipped']} unreadable skipped (skip_broken=True)",
-                      logger='current', level=30 if stats['skipped'] else 20)
+        epoch = getattr(self.sampler, 'epoch', 0) + 1
+        fraction = stats['cpu_decoded'] / max(stats['images'], 1)
+        if fraction > CPU_FALLBACK_WARN_FRACTION:
+            print_log(f'GPUDecodeLoader, epoch {epoch}: {stats["cpu_decoded"]} of '
+                      f'{stats["images"]} images ({100 * fraction:.1f} %) were decoded on '
+                      f'the CPU because the {self.device.type} JPEG decoder could not take '
+                      'them (CMYK or non-JPEG files, damaged JPEGs); above '
+                      f'{100 * CPU_FALLBACK_WARN_FRACTION:g} % that slows training down: '
+                      'convert those files to RGB JPEG', logger='current', level=30)
+        elif stats['cpu_decoded'] or stats['skipped']:
+            print_log(f'GPUDecodeLoader, epoch {epoch}: {stats["images"]} images, '
+                      f'{stats["cpu_decoded"]} decoded on the CPU (the {self.device.type} '
+                      'JPEG decoder could not take them)', logger='current')
+        if stats['skipped']:
+            print_log(f'GPUDecodeLoader, epoch {epoch}: {stats["skipped"]} unreadable '
+                      'images skipped (skip_broken=True)', logger='current', level=30)
 
     def _fail_or_skip(self, message: str) -> None:
         if not self.skip_broken:
             raise OSError(message)
         self.epoch_stats['skipped'] += 1
 
-    def _process(self, items: List[dict]) -> dict:
-        """Decode, crop, resize and flip one batch on the device."""
-        good = []
-        for item in items:
-            if item['error']:
-                self._fail_or_skip(item['error'])
-            else:
-                good.append(item)
-        jpegs = [item for item in good if 'bytes' in item]
-        decoded = decode_jpegs([item['bytes'] for item in jpegs], self.device)
-        for item, image in zip(jpegs, decoded):
-            if image is None:  # refused by the batched decoder: decode this one on the CPU
-                try:
-                    image = decode_on_cpu(item['bytes'].numpy().tobytes())
-                except Exception as exc:
-                    self._fail_or_skip(broken_message(item['path'], str(exc)))
-                    continue
-                item['decoded_on_cpu'] = True
-            item['image'] = image
-        outputs, samples = [], []
-        for item in good:
-            image = item.get('image')
-            if image is None:
+    def _decode(self, packed: dict, usable: List[bool]) -> List[Optional[torch.Tensor]]:
+        """The decoded ``(3, H, W)`` uint8 image of every row (None: unusable)."""
+        meta_paths = packed['paths']
+        images: List[Optional[torch.Tensor]] = [None] * len(usable)
+        data, offsets = packed['data'], packed['offsets'].tolist()
+        rows = packed['jpeg_rows'].tolist()
+        views = [data[offsets[k]:offsets[k + 1]] for k in range(len(rows))]
+        if self._stream is not None:
+            # torchvision's CUDA decoder allocates its outputs on the current stream but
+            # writes them from its own: no work still queued here may use that memory
+            torch.cuda.current_stream(self.device).synchronize()
+        for row, view, image in zip(rows, views, decode_jpegs(views, self.device)):
+            if not usable[row]:
                 continue
-            if tuple(image.shape[-2:]) != item['size']:
-                raise OSError(f"image {item['path']!r} decodes to {tuple(image.shape[-2:])} "
-                              f"but its header says {item['size']}")
-            if 'bytes' not in item or item.get('decoded_on_cpu'):
+            if image is None:  # refused by the decoder: decode this one on the CPU
+                try:
+                    image = decode_on_cpu(view.numpy().tobytes())
+                except Exception as exc:
+                    self._fail_or_skip(broken_message(meta_paths[row], str(exc)))
+                    usable[row] = False
+                    continue
                 self.epoch_stats['cpu_decoded'] += 1
-            image = image.to(self.device, non_blocking=True)
-            outputs.append(crop_resize_flip(image, item['box'], self.crop_size, item['flip']))
-            sample = DataSample(metainfo=dict(img_path=item['path'],
-                                              sample_idx=item['index']))
-            sample.set_gt_label(item['label'])
-            samples.append(sample)
-        if not outputs:
+            images[row] = image
+        start = 0
+        for row, shape in zip(packed['cpu_rows'].tolist(), packed['cpu_shapes'].tolist()):
+            size = shape[0] * shape[1] * shape[2]
+            images[row] = packed['cpu_pixels'][start:start + size].view(shape)
+            start += size
+            self.epoch_stats['cpu_decoded'] += 1
+        return images
+
+    def _process(self, packed: dict) -> dict:
+        """Decode, crop, resize and flip one packed batch on the device."""
+        meta = packed['meta'].tolist()
+        usable = [True] * len(meta)
+        for row, message in packed['errors']:
+            self._fail_or_skip(message)
+            usable[row] = False
+        images = self._decode(packed, usable)
+        rows = [r for r in range(len(meta)) if usable[r] and images[r] is not None]
+        if not rows:
             raise OSError('every image of a batch was unreadable: '
-                          + ', '.join(repr(i['path']) for i in items))
-        inputs = torch.stack(outputs).flip(1)  # RGB -> BGR, as LoadImageFromFile gives
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        self.epoch_stats['images'] += len(outputs)
-        return dict(inputs=inputs, data_samples=samples)
+                          + ', '.join(repr(p) for p in packed['paths']))
+        resized = []
+        for row in rows:
+            image, (_, _, top, left, h, w, _, height, width) = images[row], meta[row]
+            if tuple(image.shape[-2:]) != (height, width):
+                raise OSError(f"image {packed['paths'][row]!r} decodes to "
+                              f'{tuple(image.shape[-2:])} but its header says '
+                              f'{(height, width)}')
+            image = image.to(self.device, non_blocking=True)
+            resized.append(resize_crop(image, (top, left, h, w), self.crop_size))
+        flips = packed['meta'][rows, 6].bool()
+        inputs = finish_batch(resized, flips, self.channels_last)
+        if self.channel_order == 'bgr':
+            inputs = inputs.flip(1)
+        labels = packed['meta'][rows, 1]
+        samples = []
+        for k, row in enumerate(rows):
+            sample = DataSample(metainfo=dict(img_path=packed['paths'][row],
+                                              sample_idx=meta[row][0]))
+            sample.gt_label = labels[k:k + 1]
+            samples.append(sample)
+        self.epoch_stats['images'] += len(rows)
+        MessageHub.get_current_instance().update_scalar(
+            'train/cpu_decoded', self.epoch_stats['cpu_decoded'])
+        return dict(inputs=inputs, data_samples=samples, channel_order=self.channel_order)
 
     def _prefetched(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """Prepare up to ``prefetch`` batches ahead in a thread; on CUDA on a side
-        stream, so decoding the next batch overlaps training on the current one."""
-        cuda = self.device.type == 'cuda'
-        stream = torch.cuda.Stream(self.device) if cuda else None
+        """Prepare up to ``prefetch`` batches ahead in a thread; on CUDA on the loader's
+        side stream, so decoding the next batch overlaps training on the current one."""
+        cuda = self._stream is not None
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -236,12 +306,12 @@ class GPUDecodeLoader:
         def work() -> None:
             try:
                 with torch.cuda.device(self.device) if cuda else nullcontext(), \
-                        torch.cuda.stream(stream) if cuda else nullcontext():
+                        torch.cuda.stream(self._stream) if cuda else nullcontext():
                     for batch in batches:
                         event = None
                         if cuda:
                             event = torch.cuda.Event()
-                            event.record(stream)
+                            event.record(self._stream)
                         put(('batch', batch, event))
                         if stop.is_set():
                             return

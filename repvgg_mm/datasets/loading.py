@@ -17,7 +17,8 @@ def image_is_complete(data: bytes) -> bool:
     """False for a JPEG or PNG whose end marker is missing -- a file cut short, which
     OpenCV would otherwise decode partially with only a warning."""
     if data[:3] == b'\xff\xd8\xff':
-        return data.rstrip(b'\x00').endswith(b'\xff\xd9')
+        # the usual case without copying the file; some writers pad with zeros
+        return data.endswith(b'\xff\xd9') or data.rstrip(b'\x00').endswith(b'\xff\xd9')
     if data[:8] == b'\x89PNG\r\n\x1a\n':
         return b'IEND' in data[-12:]
     return True

@@ -59,6 +59,26 @@ class DataModelCheckHook(Hook):
 
     def before_train(self, runner) -> None:
         self._check(runner, runner.train_dataloader)
+        self._check_channel_order(runner, runner.train_dataloader)
+
+    @staticmethod
+    def _check_channel_order(runner, dataloader) -> None:
+        """A loader that gives RGB batches (the GPU-decoding loader) needs a data
+        preprocessor that reads their ``channel_order``: a plain ClsDataPreprocessor with
+        ``to_rgb=True`` would swap red and blue without a word."""
+        if getattr(dataloader, 'channel_order', None) != 'rgb':
+            return
+        from repvgg_mm.models import OrderAwareClsDataPreprocessor
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        preprocessor = getattr(model, 'data_preprocessor', None)
+        if getattr(preprocessor, 'to_rgb', False) and not isinstance(
+                preprocessor, OrderAwareClsDataPreprocessor):
+            raise ValueError(
+                f'the train loader {type(dataloader).__name__} gives RGB batches but the '
+                f"model's data preprocessor {type(preprocessor).__name__} flips every batch "
+                "(to_rgb=True); set data_preprocessor.type='OrderAwareClsDataPreprocessor' "
+                "(it reads the batches' channel order), or channel_order='bgr' on the "
+                'loader')
 
     def before_val(self, runner) -> None:
         self._check(runner, runner.val_dataloader)

@@ -5,7 +5,7 @@ import os
 import os.path as osp
 import re
 import zipfile
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.dist import broadcast_object_list, get_rank, master_only
@@ -141,6 +141,45 @@ def load_partially(model: torch.nn.Module, state_dict: dict, source: str,
     return skipped
 
 
+def _option_entries(cfg, prefix: str) -> Tuple[List[str], list]:
+    keys = sorted(k for k in cfg.keys() if k.startswith(prefix))
+    entries = []
+    for key in keys:
+        extra = cfg.get(key) or []
+        if not isinstance(extra, (list, tuple)):
+            raise TypeError(f'config key {key!r} must be a list of configs, got '
+                            f'{type(extra).__name__}')
+        entries.extend(extra)
+    return keys, entries
+
+
+def merge_option_keys(cfg) -> List[str]:
+    """Add what the option files (``configs/_base_/options/``) contribute: every
+    ``custom_hooks_<name>`` list is appended to ``custom_hooks``, every
+    ``vis_backends_<name>`` list to ``visualizer.vis_backends``.
+
+    MMEngine refuses a key defined by two base files, so option files that each set
+    ``custom_hooks`` (channels-last, EMA) or the visualizer (TensorBoard) could not be
+    combined with each other or with an arch config; with a key of their own each, any
+    combination works.
+
+    Returns:
+        list[str]: the option keys merged, sorted (their entries are appended in that
+        order).
+    """
+    hook_keys, hooks = _option_entries(cfg, 'custom_hooks_')
+    if hook_keys:
+        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + hooks
+    backend_keys, backends = _option_entries(cfg, 'vis_backends_')
+    if backend_keys:
+        visualizer = cfg.get('visualizer')
+        if not isinstance(visualizer, dict):
+            raise KeyError(f'{backend_keys} add visualizer backends, but the config has no '
+                           'visualizer dict')
+        visualizer['vis_backends'] = list(visualizer.get('vis_backends') or []) + backends
+    return hook_keys + backend_keys
+
+
 @RUNNERS.register_module()
 class RepVGGRunner(Runner):
     """MMEngine's Runner with atomic checkpoint writes and resilient auto-resume.
@@ -168,8 +207,10 @@ class RepVGGRunner(Runner):
     def from_cfg(cls, cfg) -> 'RepVGGRunner':
         """MMEngine's ``from_cfg``, after ``num_classes='auto'`` (head and data
         preprocessor) is set from the training data's classes (a fine-tuning config on
-        a user's folder of class sub-folders; :func:`resolve_auto_num_classes`)."""
+        a user's folder of class sub-folders; :func:`resolve_auto_num_classes`) and the
+        option files' hooks are added (:func:`merge_option_keys`)."""
         resolved = resolve_auto_num_classes(cfg)
+        merge_option_keys(cfg)
         runner = super().from_cfg(cfg)
         if resolved:
             runner.logger.info(resolved)

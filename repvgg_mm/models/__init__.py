@@ -1,5 +1,6 @@
 from .backbones import RepVGG, RepVGGplus
 from .blocks import RepVGGBlock, SEBlock, fuse_conv_bn, identity_kernel
+from .data_preprocessor import OrderAwareClsDataPreprocessor
 from .heads import RepVGGplusClsHead
 from .necks import RepVGGplusAuxNeck
 from .reparam import max_logit_difference, reparameterize_model
@@ -7,4 +8,5 @@ from .segmentors import FCNAuxHead, PSPHead, PSPNetSegmentor
 
 __all__ = ['FCNAuxHead', 'PSPHead', 'PSPNetSegmentor', 'RepVGG', 'RepVGGplus', 'RepVGGBlock',
            'RepVGGplusAuxNeck', 'RepVGGplusClsHead', 'SEBlock', 'fuse_conv_bn',
-           'identity_kernel', 'reparameterize_model', 'max_logit_difference']
+           'identity_kernel', 'reparameterize_model', 'max_logit_difference',
+           'OrderAwareClsDataPreprocessor']

@@ -4,6 +4,9 @@ dataset_type = 'ImageNetLayoutDataset'
 data_root = 'data/imagenet'
 
 data_preprocessor = dict(
+    # MMPretrain's ClsDataPreprocessor, also taking the RGB batches of the GPU-decoding
+    # loader (they say so) without flipping them
+    type='OrderAwareClsDataPreprocessor',
     num_classes=1000,
     # ImageNet mean and std in 0-255, RGB (the original normalises 0-1 images with
     # (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225): the same thing).
