@@ -29,10 +29,9 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=320, edge='short', backend='pillow',
-         interpolation='bilinear'),
-    dict(type='CenterCrop', crop_size=320),
+    dict(type='LoadImageTensor'),
+    dict(type='ResizeEdgeTensor', scale=320, edge='short'),
+    dict(type='CenterCropTensor', crop_size=320),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

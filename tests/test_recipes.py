@@ -196,19 +196,19 @@ def _steps(pipeline):
 
 def test_pipelines_are_exactly_the_recipes():
     cfg = config('repvgg-a0.py')
+    # PIL's antialiased bilinear resize, on uint8 tensors (tests/test_tensor_pipeline.py)
     assert _steps(cfg.train_dataloader.dataset.pipeline) == [
-        dict(type='LoadImageFromFile'),
-        dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bilinear'),
-        dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+        dict(type='LoadImageTensor'),
+        dict(type='RandomResizedCropTensor', scale=224),
+        dict(type='RandomFlipTensor', prob=0.5, direction='horizontal'),
         dict(type='PackInputs')]
-    from mmpretrain.datasets.transforms import RandomResizedCrop
-    rrc = RandomResizedCrop(scale=224)
+    from repvgg_mm.datasets import RandomResizedCropTensor
+    rrc = RandomResizedCropTensor(scale=224)
     assert rrc.crop_ratio_range == (0.08, 1.0)
     assert rrc.aspect_ratio_range == pytest.approx((3 / 4, 4 / 3))
-    spec_test = [dict(type='LoadImageFromFile'),
-                 dict(type='ResizeEdge', scale=224, edge='short', backend='pillow',
-                      interpolation='bilinear'),
-                 dict(type='CenterCrop', crop_size=224), dict(type='PackInputs')]
+    spec_test = [dict(type='LoadImageTensor'),
+                 dict(type='ResizeEdgeTensor', scale=224, edge='short'),
+                 dict(type='CenterCropTensor', crop_size=224), dict(type='PackInputs')]
     assert _steps(cfg.val_dataloader.dataset.pipeline) == spec_test
     assert _steps(cfg.test_dataloader.dataset.pipeline) == spec_test
     paper = config('repvgg-a0_120e.py')

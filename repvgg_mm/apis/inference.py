@@ -15,9 +15,10 @@ from .model_zoo import get_model
 
 ImageInput = Union[str, np.ndarray]
 
-# Loading is done by the inferencer itself (from a path or an array), so the config's
-# loading step is dropped from its test pipeline.
-_LOADING_STEPS = ('LoadImageFromFile', )
+# Loading is done by the inferencer itself (from a path or an array, as MMCV loads: BGR
+# arrays), so the config's loading step is dropped from its test pipeline; a tensor
+# pipeline's is replaced by the conversion of that array to its RGB tensor
+# (ArrayToImageTensor).
 
 
 class RepVGGInferencer(ImageClassificationInferencer):
@@ -83,8 +84,10 @@ class RepVGGInferencer(ImageClassificationInferencer):
         except AttributeError as exc:
             raise KeyError(f'config {cfg.filename!r} has no test_dataloader.dataset.pipeline '
                            '(needed to prepare images)') from exc
-        return Compose([TRANSFORMS.build(step) for step in steps
-                        if step.get('type') not in _LOADING_STEPS])
+        built = [TRANSFORMS.build(dict(type='ArrayToImageTensor')
+                                  if step.get('type') == 'LoadImageTensor' else step)
+                 for step in steps if step.get('type') != 'LoadImageFromFile']
+        return Compose(built)
 
 
 def inference_model(model: Union[nn.Module, str], image_or_path: ImageInput) -> dict:

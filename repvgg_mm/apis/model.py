@@ -78,7 +78,7 @@ def test_input_size(cfg: Config, default: int = 224) -> int:
     """The image size the config tests at (its CenterCrop), for verification."""
     pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline', [])
     for step in pipeline:
-        if step.get('type') == 'CenterCrop':
+        if step.get('type') in ('CenterCrop', 'CenterCropTensor'):
             size = step.get('crop_size')
             return size if isinstance(size, int) else max(size)
     return default

@@ -24,6 +24,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from repvgg_mm.datasets.loading import image_is_complete
 from repvgg_mm.datasets.samplers import sample_seed
+from repvgg_mm.datasets.zip_backend import backend_args_for
 
 # Columns of the per-sample metadata tensor of a packed batch.
 META = ('index', 'label', 'top', 'left', 'height', 'width', 'flip', 'image_h', 'image_w')
@@ -36,14 +37,23 @@ def draw_crop_and_flip(height: int, width: int, scale: Sequence[float],
     """The random-resized-crop box ``(top, left, h, w)`` and whether to flip, from a
     generator seeded with ``seed`` for this sample alone.
 
-    The box follows torchvision's ``RandomResizedCrop.get_params`` step for step: up to
-    10 draws of an area fraction uniform in ``scale`` and an aspect ratio log-uniform
-    in ``ratio``, the first box that fits placed uniformly, else the centre crop with
-    the aspect ratio clamped. Only the generator differs (Python's Mersenne Twister,
-    seeded per sample: 40x cheaper than forking torch's), so the boxes have
+    The box is :func:`random_resized_crop_box`'s; the generator is Python's Mersenne
+    Twister seeded per sample (40x cheaper than forking torch's), so the boxes have
     torchvision's distribution (tested) and depend on (seed, epoch, sample) alone.
     """
     rng = random.Random(seed)
+    return random_resized_crop_box(height, width, scale, ratio, rng), \
+        rng.random() < flip_prob
+
+
+def random_resized_crop_box(height: int, width: int, scale: Sequence[float],
+                            ratio: Sequence[float], rng=random) -> Tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a random-resized crop, step for step as torchvision's
+    ``RandomResizedCrop.get_params`` and MMPretrain's ``rand_crop_params``: up to 10
+    draws of an area fraction uniform in ``scale`` and an aspect ratio log-uniform in
+    ``ratio``, the first box that fits placed uniformly, else the centre crop with the
+    aspect ratio clamped. ``rng`` draws (``uniform``, ``randrange``): a seeded
+    ``random.Random``, or the ``random`` module (seeded per sample in training)."""
     area = height * width
     log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
@@ -54,7 +64,7 @@ def draw_crop_and_flip(height: int, width: int, scale: Sequence[float],
         if 0 < w <= width and 0 < h <= height:
             top = rng.randrange(height - h + 1)
             left = rng.randrange(width - w + 1)
-            return (top, left, h, w), rng.random() < flip_prob
+            return top, left, h, w
     in_ratio = width / height
     if in_ratio < min(ratio):
         w, h = width, int(round(width / min(ratio)))
@@ -62,7 +72,7 @@ def draw_crop_and_flip(height: int, width: int, scale: Sequence[float],
         h, w = height, int(round(height * max(ratio)))
     else:
         w, h = width, height
-    return ((height - h) // 2, (width - w) // 2, h, w), rng.random() < flip_prob
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def jpeg_header(data: bytes) -> Optional[Tuple[int, int, int]]:
@@ -115,7 +125,7 @@ def decode_on_cpu(data: bytes) -> torch.Tensor:
 
 def _read_one(path: str, backend_args: Optional[dict]) -> Tuple[bytes, Optional[tuple]]:
     """The bytes of one file and its JPEG header (None: the GPU decoder cannot take it)."""
-    data = fileio.get(path, backend_args=backend_args)
+    data = fileio.get(path, backend_args=backend_args_for(path, backend_args))
     if not data:
         raise OSError('the file is empty')
     if not image_is_complete(data):

@@ -9,13 +9,14 @@ from mmpretrain.datasets import CustomDataset
 from repvgg_mm.registry import DATASETS
 
 from .samplers import seed_everything
+from .zip_backend import ZipBackend, is_zip_path, list_members
 
 
 def expected_layout(split: str) -> str:
     """The layout, spelled out for one split, for error messages."""
-    return (f'<data_root>/{split}/<class folder>/<image>, optionally with '
-            f'<data_root>/{split}_list.txt whose lines read '
-            '"<image path relative to data_root> <integer label>"')
+    return (f'<data_root>/{split}/<class folder>/<image> (or <data_root>/{split}.zip '
+            f'holding <class folder>/<image>), optionally with <data_root>/{split}_list.txt '
+            'whose lines read "<image path relative to data_root> <integer label>"')
 
 
 @DATASETS.register_module()
@@ -25,6 +26,15 @@ class ImageNetLayoutDataset(CustomDataset):
     ``<data_root>/<split>_list.txt`` (lines ``<path relative to data_root> <label>``)
     is used when it exists; otherwise the classes are the sorted sub-folders of
     ``<data_root>/<split>`` and each image is labelled by its folder.
+
+    A zip archive can stand in for the split folder (the original repository's zip
+    mode, read through the ``zip`` file backend of :mod:`repvgg_mm.datasets.zip_backend`;
+    nothing is extracted): ``<data_root>/<split>.zip`` holding the class folders, or
+    listed by ``<data_root>/<split>_list.txt`` (paths ``<split>.zip@/<member>``, as
+    ``tools/dataset/pack_zip.py`` writes them) or by the original's
+    ``<data_root>/<split>_map.txt`` (lines ``<member>\t<label>``). Member names that
+    would lead outside the archive (absolute, ``..``) are refused when the split is
+    listed.
 
     Args:
         data_root (str): Root holding the split folders and list files.
@@ -50,9 +60,17 @@ class ImageNetLayoutDataset(CustomDataset):
             raise FileNotFoundError(f'data root {data_root!r} does not exist or is not a '
                                     f'directory; expected the layout {expected_layout(split)}')
         self.split = split
+        self.archive = self.map_file = None
+        archive = osp.join(data_root, f'{split}.zip')
         if list_file is None and osp.isfile(osp.join(data_root, f'{split}_list.txt')):
             list_file = f'{split}_list.txt'
-        if list_file is not None:
+        if list_file is None and osp.isfile(archive) and \
+                not osp.isdir(osp.join(data_root, split)):
+            self.archive = archive  # the split's images are this archive's members
+            map_file = osp.join(data_root, f'{split}_map.txt')
+            self.map_file = map_file if osp.isfile(map_file) else None
+            data_prefix, ann_file = '', ''
+        elif list_file is not None:
             if not osp.isfile(osp.join(data_root, list_file)):
                 raise FileNotFoundError(
                     f'list file {osp.join(data_root, list_file)!r} does not exist; '
@@ -83,9 +101,12 @@ class ImageNetLayoutDataset(CustomDataset):
                                  'images')
 
     def load_data_list(self) -> List[dict]:
+        if self.archive is not None:
+            return self._zip_data_list()
         if not self.ann_file:
             return super().load_data_list()
         data_list = []
+        zip_members = ZipBackend()
         root = osp.normpath(osp.abspath(self.data_root))
         with open(self.ann_file, 'rb') as f:
             raw_lines = f.read().splitlines()
@@ -117,12 +138,55 @@ class ImageNetLayoutDataset(CustomDataset):
                 raise ValueError(f'{where}: image {path!r} lies outside the data root '
                                  f'{self.data_root!r}; set allow_outside_root=True in the '
                                  'dataset config to accept such paths')
-            if self.check_files and not osp.isfile(img_path):
+            if self.check_files and not (zip_members.exists(img_path) if is_zip_path(img_path)
+                                         else osp.isfile(img_path)):
                 raise FileNotFoundError(f'{where}: image {img_path!r} does not exist')
             data_list.append(dict(img_path=img_path, gt_label=label, list_line=where))
         if not data_list:
             raise ValueError(f'list file {self.ann_file!r} lists no images')
         return data_list
+
+    def _zip_data_list(self) -> List[dict]:
+        """The samples of ``<split>.zip``: listed by the original's map file, or its
+        class folders (sorted, as on disk)."""
+        members = list_members(self.archive)  # refuses names leading outside it
+        prefix = self.archive + '@/'
+        if self.map_file is not None:
+            known, data_list = set(members), []
+            with open(self.map_file, encoding='utf-8') as f:
+                for number, line in enumerate(f, 1):
+                    where = f'{self.map_file}:{number}'
+                    if not line.strip():
+                        continue
+                    parts = line.rstrip('\n').split('\t')
+                    if len(parts) != 2 or not parts[1].strip().lstrip('-').isdigit():
+                        raise ValueError(f'{where}: expected "<member path>\\t<integer '
+                                         f'label>", got {line.strip()!r}')
+                    member, label = parts[0].strip(), int(parts[1])
+                    if label < 0:
+                        raise ValueError(f'{where}: label {label} is negative')
+                    if member not in known:
+                        raise FileNotFoundError(f'{where}: {self.archive} has no member '
+                                                f'{member!r}')
+                    data_list.append(dict(img_path=prefix + member, gt_label=label,
+                                          list_line=where))
+            if not data_list:
+                raise ValueError(f'map file {self.map_file!r} lists no images')
+            return data_list
+        images = [m for m in members if '/' in m and self.is_valid_file(m)]
+        classes = sorted({m.split('/', 1)[0] for m in images})
+        if not classes:
+            raise ValueError(f'{self.archive} holds no <class folder>/<image> members '
+                             f'(extensions {", ".join(self.extensions)}); expected the '
+                             f'layout {expected_layout(self.split)}')
+        if self.CLASSES is not None and len(self.CLASSES) != len(classes):
+            raise ValueError(f'{self.archive} has {len(classes)} class folders but '
+                             f'metainfo.classes names {len(self.CLASSES)}')
+        if self.CLASSES is None:
+            self._metainfo['classes'] = tuple(classes)
+        index = {name: i for i, name in enumerate(classes)}
+        return [dict(img_path=prefix + m, gt_label=index[m.split('/', 1)[0]])
+                for m in sorted(images)]
 
     def __getitem__(self, idx):
         """Like MMEngine's, but an index from :class:`SampleSeedSampler` (an ``int``
@@ -159,6 +223,12 @@ def count_classes(dataset_cfg: dict) -> Tuple[int, str]:
             raise ValueError(f'{osp.join(data_root, list_file)} lists no images')
         return max(labels) + 1, osp.join(data_root, list_file)
     folder = osp.join(data_root, split)
+    archive = osp.join(data_root, f'{split}.zip')
+    if not osp.isdir(folder) and osp.isfile(archive):
+        classes = {m.split('/', 1)[0] for m in list_members(archive) if '/' in m}
+        if not classes:
+            raise ValueError(f'num_classes="auto": {archive!r} has no class folders')
+        return len(classes), f'the class folders of {archive}'
     if not osp.isdir(folder):
         raise FileNotFoundError(f'num_classes="auto": neither {list_file!r} nor the folder '
                                 f'{folder!r} exists; expected the layout '

@@ -9,6 +9,8 @@ from mmengine import fileio
 
 from repvgg_mm.registry import TRANSFORMS
 
+from .zip_backend import backend_args_for
+
 # Shared with the data-loader workers (forked after import): images skipped so far.
 _SKIPPED = multiprocessing.Value('i', 0)
 
@@ -22,6 +24,12 @@ def image_is_complete(data: bytes) -> bool:
     if data[:8] == b'\x89PNG\r\n\x1a\n':
         return b'IEND' in data[-12:]
     return True
+
+
+def count_skipped() -> None:
+    """Count one image skipped (by any loading transform, in any worker)."""
+    with _SKIPPED.get_lock():
+        _SKIPPED.value += 1
 
 
 def take_skipped_count() -> int:
@@ -52,7 +60,8 @@ class LoadImageChecked(MMCVLoadImageFromFile):
     def transform(self, results: dict) -> Optional[dict]:
         filename = results['img_path']
         try:
-            data = fileio.get(filename, backend_args=self.backend_args)
+            data = fileio.get(filename,
+                              backend_args=backend_args_for(filename, self.backend_args))
             if not data:
                 raise OSError('the file is empty (0 bytes)')
             if not image_is_complete(data):
@@ -62,8 +71,7 @@ class LoadImageChecked(MMCVLoadImageFromFile):
                 raise OSError('it is not a decodable image')
         except Exception as exc:
             if self.skip_broken:
-                with _SKIPPED.get_lock():
-                    _SKIPPED.value += 1
+                count_skipped()
                 return None
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise OSError(f'cannot read image {filename!r}: {reason} (set skip_broken=True on '

@@ -1,5 +1,7 @@
 """A sampler that gives every sample of every epoch its own random seed."""
+import hashlib
 import random
+import struct
 from typing import Iterator
 
 import numpy as np
@@ -10,16 +12,22 @@ from repvgg_mm.registry import DATA_SAMPLERS
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and PyTorch's global generators (this process only)."""
+    """Seed Python's, NumPy's and PyTorch's CPU global generators (this process only).
+
+    Only torch's CPU generator: data transforms run on the CPU, and ``torch.manual_seed``
+    would also queue a reseed of every accelerator backend, each with a formatted stack
+    trace until the backend starts -- 1.1 ms per sample, more than decoding it.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.random.default_generator.manual_seed(seed)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed determined by (seed, epoch, index) alone."""
-    mixed = np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)
-    return int(mixed[0])
+    """A 32-bit seed determined by (seed, epoch, index) alone: the first 4 bytes of
+    their BLAKE2b hash (1 µs; NumPy's SeedSequence took 15 µs per sample)."""
+    key = struct.pack('<3Q', seed % 2**64, epoch % 2**64, index % 2**64)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), 'little')
 
 
 class SeededIndex(int):

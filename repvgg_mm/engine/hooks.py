@@ -62,11 +62,21 @@ class DataModelCheckHook(Hook):
         self._check_channel_order(runner, runner.train_dataloader)
 
     @staticmethod
-    def _check_channel_order(runner, dataloader) -> None:
-        """A loader that gives RGB batches (the GPU-decoding loader) needs a data
-        preprocessor that reads their ``channel_order``: a plain ClsDataPreprocessor with
-        ``to_rgb=True`` would swap red and blue without a word."""
-        if getattr(dataloader, 'channel_order', None) != 'rgb':
+    def _gives_rgb(dataloader) -> bool:
+        if getattr(dataloader, 'channel_order', None) == 'rgb':  # the GPU-decoding loader
+            return True
+        from repvgg_mm.datasets import ArrayToImageTensor, LoadImageTensor
+        pipeline = getattr(getattr(dataloader, 'dataset', None), 'pipeline', None)
+        return any(isinstance(t, (LoadImageTensor, ArrayToImageTensor))
+                   for t in getattr(pipeline, 'transforms', []))
+
+    @classmethod
+    def _check_channel_order(cls, runner, dataloader) -> None:
+        """A loader that gives RGB images (the GPU-decoding loader, the tensor
+        pipeline's ``LoadImageTensor``) needs a data preprocessor that reads their
+        declared channel order: a plain ClsDataPreprocessor with ``to_rgb=True`` would
+        swap red and blue without a word."""
+        if not cls._gives_rgb(dataloader):
             return
         from repvgg_mm.models import OrderAwareClsDataPreprocessor
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -74,17 +84,19 @@ class DataModelCheckHook(Hook):
         if getattr(preprocessor, 'to_rgb', False) and not isinstance(
                 preprocessor, OrderAwareClsDataPreprocessor):
             raise ValueError(
-                f'the train loader {type(dataloader).__name__} gives RGB batches but the '
+                f'the loader {type(dataloader).__name__} gives RGB images but the '
                 f"model's data preprocessor {type(preprocessor).__name__} flips every batch "
                 "(to_rgb=True); set data_preprocessor.type='OrderAwareClsDataPreprocessor' "
-                "(it reads the batches' channel order), or channel_order='bgr' on the "
-                'loader')
+                "(it reads the declared channel order), or load with LoadImageFromFile "
+                "(BGR) / channel_order='bgr' on the GPU-decoding loader")
 
     def before_val(self, runner) -> None:
         self._check(runner, runner.val_dataloader)
+        self._check_channel_order(runner, runner.val_dataloader)
 
     def before_test(self, runner) -> None:
         self._check(runner, runner.test_dataloader)
+        self._check_channel_order(runner, runner.test_dataloader)
 
 
 @HOOKS.register_module()

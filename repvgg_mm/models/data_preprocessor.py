@@ -10,25 +10,35 @@ class OrderAwareClsDataPreprocessor(ClsDataPreprocessor):
     order a batch declares.
 
     MMCV's image loading gives BGR and ``to_rgb=True`` turns it into the RGB the
-    weights expect. The GPU-decoding loader decodes to RGB and says so in its batches
-    (``channel_order='rgb'``): those pass unflipped, instead of being flipped to BGR by
-    the loader and back here. Batches without the key are treated as before, so one
-    model takes the CPU pipeline's validation batches and the GPU loader's training
-    batches alike. Arguments are :class:`ClsDataPreprocessor`'s.
+    weights expect. The GPU-decoding loader and the tensor pipeline
+    (:class:`~repvgg_mm.datasets.LoadImageTensor`) decode to RGB and say so -- in the
+    batch (``channel_order='rgb'``) or in each sample's meta information: those batches
+    pass unflipped, instead of being flipped to BGR and back. Batches that declare
+    nothing are treated as before, so one model takes batches of either kind.
+    Arguments are :class:`ClsDataPreprocessor`'s.
     """
 
+    @staticmethod
+    def channel_order(data: dict):
+        """``'rgb'``, ``'bgr'`` or None (undeclared) for a batch."""
+        order = data.get('channel_order')
+        samples = data.get('data_samples')
+        if order is None and samples:
+            order = getattr(samples[0], 'metainfo', {}).get('channel_order')
+        return order if order in ('rgb', 'bgr') else None
+
     def forward(self, data: dict, training: bool = False) -> dict:
-        order = data.get('channel_order') if isinstance(data, dict) else None
-        if order not in ('rgb', 'bgr'):
+        order = self.channel_order(data) if isinstance(data, dict) else None
+        if order is None:
             return super().forward(data, training)
         data = {k: v for k, v in data.items() if k != 'channel_order'}
-        wants_rgb = self.to_rgb  # the loaders' BGR flipped to RGB
         if order == 'bgr':
             return super().forward(data, training)
-        if not wants_rgb:  # a BGR model: give it BGR
-            data['inputs'] = data['inputs'].flip(1)
+        if not self.to_rgb:  # a model that takes BGR: give it BGR
+            data['inputs'] = data['inputs'].flip(1) if hasattr(data['inputs'], 'flip') \
+                else [x.flip(0) for x in data['inputs']]
             return super().forward(data, training)
-        self.to_rgb = False
+        self.to_rgb = False  # RGB already: skip the flip
         try:
             return super().forward(data, training)
         finally:

@@ -21,10 +21,9 @@ param_scheduler = dict(warmup=0, end=max_epochs)
 train_cfg = dict(max_epochs=max_epochs, dynamic_intervals=[(max_epochs - 10 + 1, 1)])
 
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=256, edge='short', backend='pillow',
-         interpolation='bilinear'),
-    dict(type='CenterCrop', crop_size=224),
+    dict(type='LoadImageTensor'),
+    dict(type='ResizeEdgeTensor', scale=256, edge='short'),
+    dict(type='CenterCropTensor', crop_size=224),
     dict(type='PackInputs'),
 ]
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))

@@ -1,0 +1,191 @@
+"""Zip archives in place of split folders (the original's zip mode): the pack tool, the
+file backend, the data set's three ways to list an archive, bit-identical training
+with both loaders, and every damaged archive."""
+import os
+import os.path as osp
+import shutil
+import zipfile
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG, ROOT, python_tool, tiny_options, tool_in_process
+from mmengine import fileio
+
+from repvgg_mm.datasets import ImageNetLayoutDataset
+from repvgg_mm.datasets.zip_backend import ZipArchiveError
+
+GPU_DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'repvgg-a0_gpudecode_demo.py')
+
+
+@pytest.fixture(scope='module')
+def zipped(tiny_data, tmp_path_factory):
+    """tiny_data packed by tools/dataset/pack_zip.py, run as a user runs it."""
+    root = tmp_path_factory.mktemp('zipped') / 'data'
+    result = python_tool(osp.join('dataset', 'pack_zip.py'), tiny_data, str(root))
+    assert 'train: 60 images' in result.stdout and 'val: 30 images' in result.stdout
+    return str(root)
+
+
+def _samples(dataset):
+    return [(dataset.get_data_info(i)['img_path'], dataset.get_data_info(i)['gt_label'])
+            for i in range(len(dataset))]
+
+
+def test_packed_archives_hold_the_files_unchanged(tiny_data, zipped):
+    assert sorted(os.listdir(zipped)) == ['train.zip', 'train_list.txt', 'val.zip',
+                                          'val_list.txt']
+    folder = ImageNetLayoutDataset(data_root=tiny_data, split='train', pipeline=[])
+    archive = ImageNetLayoutDataset(data_root=zipped, split='train', pipeline=[])
+    pairs = list(zip(_samples(folder), _samples(archive)))
+    assert len(pairs) == 60
+    with zipfile.ZipFile(osp.join(zipped, 'train.zip')) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+    for (path, label), (zip_path, zip_label) in pairs:
+        assert zip_path == osp.join(zipped, 'train.zip@/') + osp.relpath(
+            path, osp.join(tiny_data, 'train'))
+        assert label == zip_label
+        with open(path, 'rb') as f:  # read through MMEngine's file I/O, zip backend
+            assert fileio.get(zip_path, backend_args=dict(backend='zip')) == f.read()
+
+
+def test_class_folders_and_the_originals_map_file_inside_an_archive(tiny_data, zipped,
+                                                                    tmp_path):
+    folder = ImageNetLayoutDataset(data_root=tiny_data, split='val', pipeline=[])
+    only_zip = tmp_path / 'only_zip'
+    only_zip.mkdir()
+    shutil.copy(osp.join(zipped, 'val.zip'), only_zip)
+    by_folders = ImageNetLayoutDataset(data_root=str(only_zip), split='val', pipeline=[])
+    assert list(by_folders.metainfo['classes']) == sorted(os.listdir(osp.join(tiny_data,
+                                                                              'val')))
+    listed = {osp.basename(p): label for p, label in _samples(folder)}
+    assert {osp.basename(p): label for p, label in _samples(by_folders)} == listed
+    # the original's val_map.txt: "<member>\t<label>", labels as given
+    (only_zip / 'val_map.txt').write_text('disk/disk_00000.JPEG\t7\nring/ring_00001.JPEG\t3\n')
+    mapped = ImageNetLayoutDataset(data_root=str(only_zip), split='val', pipeline=[])
+    assert [(osp.basename(p), label) for p, label in _samples(mapped)] == [
+        ('disk_00000.JPEG', 7), ('ring_00001.JPEG', 3)]
+    (only_zip / 'val_map.txt').write_text('disk/disk_00000.JPEG\t7\nnope/x.JPEG\t3\n')
+    with pytest.raises(FileNotFoundError, match=r"val_map.txt:2: .*val.zip has no member "
+                                                r"'nope/x.JPEG'"):
+        ImageNetLayoutDataset(data_root=str(only_zip), split='val', pipeline=[])
+
+
+def _train(config, data_root, work_dir, *extra):
+    status, _, err = tool_in_process('train.py', config, '--work-dir', str(work_dir),
+                                     '--cfg-options', *tiny_options(data_root, epochs=1),
+                                     'randomness.deterministic=True', *extra)
+    assert status == 0, err[-3000:]
+    return torch.load(work_dir / 'epoch_1.pth', map_location='cpu',
+                      weights_only=False)['state_dict']
+
+
+@pytest.mark.parametrize('config, extra', [
+    (DEMO_CONFIG, ['train_dataloader.num_workers=2', 'train_dataloader.persistent_workers=True']),
+    (GPU_DEMO_CONFIG, ['train_dataloader.device=cpu'])], ids=['cpu-pipeline', 'gpu-loader'])
+def test_training_from_the_archive_equals_training_from_the_folder(
+        config, extra, tiny_data, zipped, tmp_path):
+    """Same seed, same data: the same weights, bit for bit -- with forked workers
+    reading the archive (each reopens it) and per-sample seeding as from files."""
+    from_folder = _train(config, tiny_data, tmp_path / 'folder', *extra)
+    from_zip = _train(config, zipped, tmp_path / 'zip', *extra)
+    assert from_folder.keys() == from_zip.keys()
+    for key, value in from_folder.items():
+        assert torch.equal(value, from_zip[key]), key
+
+
+def _damaged(zipped, tmp_path, name, damage):
+    root = tmp_path / name
+    root.mkdir()
+    shutil.copy(osp.join(zipped, 'val.zip'), root)
+    shutil.copy(osp.join(zipped, 'val_list.txt'), root)
+    damage(root / 'val.zip')
+    return str(root)
+
+
+def test_damaged_archives_are_named(zipped, tmp_path):
+    truncated = _damaged(zipped, tmp_path, 'cut', lambda p: p.write_bytes(
+        p.read_bytes()[:len(p.read_bytes()) // 2]))
+    with pytest.raises(ZipArchiveError, match=r"val.zip' is not a readable zip archive"):
+        ImageNetLayoutDataset(data_root=truncated, split='val', pipeline=[])
+    not_zip = _damaged(zipped, tmp_path, 'text', lambda p: p.write_text('hello'))
+    with pytest.raises(ZipArchiveError, match=r"val.zip' is not a readable zip archive"):
+        ImageNetLayoutDataset(data_root=not_zip, split='val', pipeline=[])
+
+    def flip_a_byte_of_the_first_member(path):
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as zf:
+            info = zf.infolist()[0]
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        data[start + info.file_size // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    crc = _damaged(zipped, tmp_path, 'crc', flip_a_byte_of_the_first_member)
+    pipeline = [dict(type='LoadImageFromFile')]
+    dataset = ImageNetLayoutDataset(data_root=crc, split='val', pipeline=pipeline)
+    first = dataset.get_data_info(0)['img_path']
+    with pytest.raises(OSError, match=r"cannot read image .*val.zip@/.*: .*val.zip: member "
+                                      r".* cannot be read \(Bad CRC-32"):
+        dataset[0]
+    assert first.endswith(zipfile.ZipFile(osp.join(crc, 'val.zip')).infolist()[0].filename)
+    skipping = ImageNetLayoutDataset(data_root=crc, split='val', pipeline=[
+        dict(type='LoadImageFromFile', skip_broken=True)])
+    assert skipping.pipeline(dict(skipping.get_data_info(0))) is None  # skipped, counted
+
+
+def test_member_names_leading_outside_are_refused(tmp_path):
+    from PIL import Image
+    root = tmp_path / 'slip'
+    root.mkdir()
+    Image.new('RGB', (8, 8)).save(tmp_path / 'x.jpg')
+    for name in ('../evil/x.jpg', '/abs/x.jpg'):
+        with zipfile.ZipFile(root / 'train.zip', 'w') as zf:
+            zf.write(tmp_path / 'x.jpg', arcname='cls/x.jpg')
+            zf.writestr(zipfile.ZipInfo(name), b'x')
+        with pytest.raises(ZipArchiveError, match='absolute path or a ".." component'):
+            ImageNetLayoutDataset(data_root=str(root), split='train', pipeline=[])
+        os.remove(root / 'train.zip')
+
+
+def test_pack_tool_refuses_and_leaves_nothing(tiny_data, tmp_path, monkeypatch):
+    inside = tool_in_process(osp.join('dataset', 'pack_zip.py'), tiny_data,
+                             osp.join(tiny_data, 'packed'))
+    assert inside[0] == 1 and 'is inside the source' in inside[2].splitlines()[0]
+    assert not osp.exists(osp.join(tiny_data, 'packed'))
+    real_write = zipfile.ZipFile.write
+    for failure, needle in ((PermissionError(13, 'Permission denied'),
+                             'cannot read source image'),
+                            (OSError(28, 'No space left on device'),
+                             'No space left on device')):
+        calls = []
+
+        def write(self, filename, *args, **kwargs):
+            calls.append(filename)
+            if len(calls) == 5:
+                raise failure
+            return real_write(self, filename, *args, **kwargs)
+        monkeypatch.setattr(zipfile.ZipFile, 'write', write)
+        out = tmp_path / 'out'
+        status, _, err = tool_in_process(osp.join('dataset', 'pack_zip.py'), tiny_data,
+                                         str(out))
+        assert status == 1 and needle in err.splitlines()[0], err
+        assert not out.exists() or os.listdir(out) == []  # no partial archive or list
+
+
+def test_data_speed_tool_measures_every_pipeline_from_zip_archives(tiny_data):
+    """tools/analysis/data_speed.py: MMPretrain's stock pipeline first, then each
+    config per core and with workers, reading zip archives it packs itself."""
+    import json
+
+    from conftest import quick_tool
+    configs = [osp.join(ROOT, 'configs', name) for name in
+               ('repvgg-a0.py', 'repvgg-a0_gpudecode.py')]
+    result = quick_tool(osp.join('analysis', 'data_speed.py'), *configs, '--data-root',
+                        tiny_data, '--zip', '--images', '16', '--rounds', '1',
+                        '--workers', '1')
+    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith('{')]
+    assert [(r['run'].split('/')[-1], r['mode']) for r in rows] == [
+        ('imagenet_bs32.py', 'per core'), ('imagenet_bs32.py', '1 workers'),
+        ('repvgg-a0.py', 'per core'), ('repvgg-a0.py', '1 workers'),
+        ('repvgg-a0_gpudecode.py', 'per core'), ('repvgg-a0_gpudecode.py', '1 workers')]
+    assert rows[0]['run'].startswith('mmpretrain::') and all(r['zip'] for r in rows)
+    assert all(r['imgs_per_s'] > 0 for r in rows)
+    assert rows[-1]['loader'] == 'GPUDecodeLoader'
