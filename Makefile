@@ -3,7 +3,8 @@
 #               re-parameterize it, test the fused model, export it to ONNX, print a summary
 #   make test   set up .venv and run the test suite
 #   make int8-demo  train RepVGG-A0 and QARepVGG-A0 on the demo data, fuse, export to
-#               ONNX, quantize to INT8 and print FP32 vs INT8 top-1 for both
+#               ONNX, quantize to INT8 (post-training, and quantization-aware training
+#               with tools/qat.py) and print FP32 vs PTQ vs QAT INT8 top-1 for both
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 VENV := .venv
 VENV_PY := $(VENV)/bin/python

@@ -51,8 +51,11 @@ def test_every_config_loads_and_builds():
         cfg = Config.fromfile(path)
         if cfg.model.get('head', {}).get('num_classes') == 'auto':  # set from the data
             cfg.model.head.num_classes = 7
+        # a QAT model is traced from its float model at construction (not on the meta
+        # device; tests/test_qat.py builds one): here its float model's structure
+        model_cfg = cfg.model.float_model if cfg.model.type == 'QATClassifier' else cfg.model
         with torch.device('meta'):  # the structure only: no memory, no initialisation
-            model = MODELS.build(cfg.model)
+            model = MODELS.build(model_cfg)
         assert isinstance(model.backbone, RepVGG), path
         assert cfg.default_scope == 'repvgg_mm', path
 

@@ -207,11 +207,12 @@ def test_prefetch_thread_gives_the_same_batches(tiny_data):
 
 @pytest.mark.slow
 def test_train_one_epoch_with_the_gpu_decode_config(tiny_data, tmp_path):
-    """tools/train.py with the demo variant as shipped (its 2 persistent workers)."""
+    """tools/train.py with the demo variant as shipped (its 2 persistent workers), the
+    decoder on the CPU on any machine."""
     work_dir = tmp_path / 'work'
     quick_tool('train.py', GPU_DEMO_CONFIG, '--work-dir', str(work_dir), '--cfg-options',
                *[f'{s}_dataloader.dataset.data_root={tiny_data}'
-                 for s in ('train', 'val', 'test')],
+                 for s in ('train', 'val', 'test')], 'train_dataloader.device=cpu',
                'train_cfg.max_epochs=1', 'train_dataloader.batch_size=16',
                'default_hooks.logger.interval=1')
     assert (work_dir / 'epoch_1.pth').is_file()

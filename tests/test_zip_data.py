@@ -80,7 +80,7 @@ def _train(config, data_root, work_dir, *extra):
 
 
 @pytest.mark.parametrize('config, extra', [
-    (DEMO_CONFIG, ['train_dataloader.num_workers=2', 'train_dataloader.persistent_workers=True']),
+    (DEMO_CONFIG, ['train_dataloader.num_workers=1', 'train_dataloader.persistent_workers=True']),
     (GPU_DEMO_CONFIG, ['train_dataloader.device=cpu'])], ids=['cpu-pipeline', 'gpu-loader'])
 def test_training_from_the_archive_equals_training_from_the_folder(
         config, extra, tiny_data, zipped, tmp_path):

@@ -23,17 +23,21 @@ from .model import (
     test_input_size,
 )
 from .model_zoo import get_model, list_models, model_index
-from .quantize import quantize_onnx
+from .quantize import (
+    check_tensorrt_placement,
+    quantization_aware_training,
+    quantize_onnx,
+)
 from .reparam import DEFAULT_TOLERANCE, load_fused_model, reparameterize_checkpoint
 from .schedule import iters_per_epoch, param_group_table, scaled_lr, simulate_lr
 from .train_speed import compare_train_speed
 
 __all__ = ['DEFAULT_TOLERANCE', 'RepVGGInferencer', 'build_model', 'checkpoint_meta',
-           'compare_onnx_with_pytorch', 'compare_throughput', 'compare_train_speed',
-           'config_class_names', 'config_complexity', 'deploy_config', 'export_onnx',
-           'format_flops', 'get_model', 'image_batches', 'inference_model',
+           'check_tensorrt_placement', 'compare_onnx_with_pytorch', 'compare_throughput',
+           'compare_train_speed', 'config_class_names', 'config_complexity', 'deploy_config',
+           'export_onnx', 'format_flops', 'get_model', 'image_batches', 'inference_model',
            'iters_per_epoch', 'list_models', 'load_checkpoint_into', 'load_fused_model',
            'load_weights_into', 'model_complexity', 'model_index', 'onnx_top1',
-           'param_group_table', 'plot_training_curves', 'quantize_onnx',
-           'reparameterize_checkpoint', 'require_deploy_packages', 'scaled_lr',
+           'param_group_table', 'plot_training_curves', 'quantization_aware_training',
+           'quantize_onnx', 'reparameterize_checkpoint', 'require_deploy_packages', 'scaled_lr',
            'simulate_lr', 'split_logits', 'test_input_size', 'top_k']

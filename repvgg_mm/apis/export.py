@@ -9,6 +9,7 @@ input convention is recorded in the file's metadata (``repvgg_mm.input``).
 """
 import contextlib
 import io
+import os.path as osp
 import time
 import warnings
 from typing import Dict, Iterator, Optional, Tuple
@@ -181,11 +182,30 @@ def export_onnx(cfg: Config, checkpoint: str, output: str, input_size: Optional[
                 exporter='dynamo' if dynamo else 'torchscript', opset=opset)
 
 
-def onnx_input_kind(path: str) -> str:
-    """``'normalized'`` or ``'raw'``: the input an exported model expects."""
+def load_onnx(path: str, what: str = 'ONNX model', load_external_data: bool = True):
+    """Read an ONNX file; a missing file or one that is not an ONNX model is an error
+    naming it and what was expected (onnx's own message names neither)."""
     require_deploy_packages()
     import onnx
-    proto = onnx.load(path, load_external_data=False)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{what} {path!r} does not exist' +
+                                (' (it is a folder)' if osp.isdir(path) else ''))
+    try:
+        proto = onnx.load(path, load_external_data=load_external_data)
+    except Exception as exc:  # protobuf raises DecodeError, onnx others
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f'{what} {path!r} could not be read: it is not an ONNX model, '
+                         'expected a .onnx file as tools/export_onnx.py writes '
+                         f'({type(exc).__name__}: {reason})') from exc
+    if not proto.graph.node:
+        raise ValueError(f'{what} {path!r} is not an ONNX model: its graph has no '
+                         'nodes; expected a .onnx file as tools/export_onnx.py writes')
+    return proto
+
+
+def onnx_input_kind(path: str) -> str:
+    """``'normalized'`` or ``'raw'``: the input an exported model expects."""
+    proto = load_onnx(path, load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}
     return meta.get(INPUT_KEY, 'normalized')
 
@@ -203,6 +223,8 @@ def image_batches(cfg: Config, split: str = 'test', normalized: bool = True,
             test dataloader's pipeline and settings (for calibration).
         limit (int, optional): Stop after this many images.
         shuffle (bool): Draw the images in a seeded random order.
+
+    Every process of a distributed run reads the whole split (the same images).
     """
     from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
@@ -212,6 +234,12 @@ def image_batches(cfg: Config, split: str = 'test', normalized: bool = True,
     dataset['pipeline'] = cfg.test_dataloader.dataset.pipeline
     loader_cfg.update(dataset=dataset, sampler=dict(type='DefaultSampler', shuffle=shuffle))
     loader = Runner.build_dataloader(loader_cfg, seed=seed)
+    sampler = loader.sampler
+    if getattr(sampler, 'world_size', 1) > 1:
+        # in a distributed run every process reads the whole split, in the same order
+        # (calibration must see the same images on every rank, evaluation all of them)
+        sampler.rank, sampler.world_size = 0, 1
+        sampler.num_samples = sampler.total_size = len(sampler.dataset)
     pre_cfg = dict(cfg.get('data_preprocessor') or cfg.model.get('data_preprocessor') or {})
     pre_cfg.setdefault('type', 'ClsDataPreprocessor')
     if not normalized:
@@ -293,3 +321,60 @@ def compare_onnx_with_pytorch(onnx_path: str, cfg: Config, checkpoint: str,
     return dict(images=n, onnx_top1=100.0 * totals['onnx'] / n,
                 pytorch_top1=100.0 * totals['pytorch'] / n,
                 agreement=totals['agree'] / n, max_abs_diff=max_abs)
+
+
+def compare_onnx_models(paths: Dict[str, str], cfg: Config, split: str = 'val',
+                        threads: Optional[int] = None, exact: bool = False) -> Dict[str, dict]:
+    """Evaluate several exported models side by side on the same images of a config's
+    ``split``: each batch goes through every model in turn, so their speeds are
+    measured under the same conditions (a shared machine's load falls on all alike).
+
+    Args:
+        paths (dict): ``{name: onnx file}``; the first is the reference for agreement.
+        exact (bool): Also run every model with ONNX Runtime's graph optimizations off,
+            which computes each QuantizeLinear/DequantizeLinear and float op exactly as
+            the graph states (slow), instead of fusing them into integer kernels.
+
+    Returns:
+        dict: name -> ``top1`` (%), ``images``, ``img_s`` (ONNX Runtime time only),
+        ``agreement`` (fraction of images with the reference's top-1 prediction) and,
+        with ``exact``, ``exact_top1``.
+    """
+    import onnxruntime as ort
+    sessions = {name: ort_session(path, threads) for name, path in paths.items()}
+    plain = {}
+    if exact:
+        for name, path in paths.items():
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if threads:
+                options.intra_op_num_threads = threads
+            plain[name] = ort.InferenceSession(path, options,
+                                               providers=['CPUExecutionProvider'])
+    kinds = {onnx_input_kind(path) for path in paths.values()}
+    if len(kinds) != 1:
+        raise ValueError(f'the models take different inputs ({sorted(kinds)}): {paths}')
+    stats = {name: dict(correct=0, exact=0, agree=0, seconds=0.0) for name in paths}
+    total = 0
+    for images, labels in image_batches(cfg, split, normalized=kinds == {'normalized'}):
+        reference = None
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            predicted = session.run(None, {'input': images})[0].argmax(1)
+            stats[name]['seconds'] += time.perf_counter() - start
+            reference = predicted if reference is None else reference
+            stats[name]['correct'] += int((predicted == labels).sum())
+            stats[name]['agree'] += int((predicted == reference).sum())
+            if exact:
+                logits = plain[name].run(None, {'input': images})[0]
+                stats[name]['exact'] += int((logits.argmax(1) == labels).sum())
+        total += len(labels)
+    if total == 0:
+        raise ValueError(f'the {split} split of config {cfg.filename!r} has no images')
+    report = {}
+    for name, s in stats.items():
+        report[name] = dict(top1=100.0 * s['correct'] / total, images=total,
+                            img_s=total / s['seconds'], agreement=s['agree'] / total)
+        if exact:
+            report[name]['exact_top1'] = 100.0 * s['exact'] / total
+    return report

@@ -138,6 +138,8 @@ def detect_format(state_dict: Mapping[str, torch.Tensor], source: str = '<checkp
 
     if any_key(r'^backbone\.stage\d+\.') and any_key(r'\.rbr_(dense|reparam)\.'):
         return 'ours'
+    if any_key(r'^network\.classifier\.backbone\.stage\d+\.rbr_reparam\.'):
+        return 'ours'  # a QAT checkpoint (QATClassifier: the fused model with BNs)
     if any_key(r'^stage\d+\.') and any_key(r'\.rbr_(dense|reparam)\.'):
         return 'official'
     if any_key(r'\.branch_(3x3|reparam)\.'):

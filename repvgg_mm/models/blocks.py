@@ -74,6 +74,22 @@ def identity_kernel(channels: int, groups: int, kernel_size: int = 3,
     return kernel
 
 
+def int8_grid(kernel: Tensor, straight_through: bool = True) -> Tensor:
+    """``kernel`` rounded to the symmetric INT8 grid of each of its output channels:
+    scale ``max|kernel[c]| / 127``, integer multiples in [-127, 127] -- the grid that
+    symmetric per-channel weight quantization (ONNX Runtime's, TensorRT's) puts it on,
+    so a kernel already on it is quantized without rounding.
+
+    Args:
+        straight_through (bool): Pass the gradient through as if nothing were rounded
+            (the straight-through estimator). Defaults to True.
+    """
+    amax = kernel.detach().abs().flatten(1).amax(1).clamp_min(1e-12)
+    scale = (amax / 127).view(-1, *([1] * (kernel.dim() - 1)))
+    rounded = torch.round(kernel.detach() / scale).clamp(-127, 127) * scale
+    return kernel + (rounded - kernel).detach() if straight_through else rounded
+
+
 class SEBlock(nn.Module):
     """Squeeze-and-excitation as in the original RepVGG code.
 
@@ -140,6 +156,14 @@ class RepVGGBlock(nn.Module):
         with_cp (bool): Use gradient checkpointing in training. Defaults to False.
         variant (str): ``'repvgg'`` (the original block) or ``'qarepvgg'``.
             Defaults to ``'repvgg'``.
+        int8_kernel (bool): Quantization-aware re-parameterization (route B of the
+            original repository): the training-time forward is the equivalent 3x3 conv
+            (:meth:`get_equivalent_kernel_bias`, BNs with their running statistics)
+            with its kernel on the INT8 grid of :func:`int8_grid` (straight-through
+            gradients to the branches), and the fused kernel is put on that grid too,
+            so INT8 per-channel quantization of the fused model rounds no weight. For
+            fine-tuning a trained model: the BN statistics stay as they are. Defaults
+            to False.
     """
 
     def __init__(self,
@@ -153,7 +177,8 @@ class RepVGGBlock(nn.Module):
                  act_cfg: dict = dict(type='ReLU'),
                  deploy: bool = False,
                  with_cp: bool = False,
-                 variant: str = 'repvgg') -> None:
+                 variant: str = 'repvgg',
+                 int8_kernel: bool = False) -> None:
         super().__init__()
         if variant not in BLOCK_VARIANTS:
             raise ValueError(f'block variant must be one of {list(BLOCK_VARIANTS)}, '
@@ -169,6 +194,7 @@ class RepVGGBlock(nn.Module):
         self.deploy = deploy
         self.with_cp = with_cp
         self.variant = variant
+        self.int8_kernel = int8_kernel
 
         if deploy:
             self.rbr_reparam = self._fused_conv()
@@ -211,6 +237,10 @@ class RepVGGBlock(nn.Module):
     def _forward(self, x: Tensor) -> Tensor:
         if self.deploy:
             out = self.rbr_reparam(x)
+        elif self.int8_kernel:
+            kernel, bias = self.get_equivalent_kernel_bias()
+            out = F.conv2d(x, int8_grid(kernel), bias, self.stride, self.dilation,
+                           self.dilation, self.groups)
         else:
             out = self.rbr_dense(x) + self.rbr_1x1(x)
             if self.rbr_identity is not None:
@@ -264,6 +294,8 @@ class RepVGGBlock(nn.Module):
         if self.deploy:
             return
         kernel, bias = self.get_equivalent_kernel_bias()
+        if self.int8_kernel:
+            kernel = int8_grid(kernel, straight_through=False)
         weight = self.rbr_dense.conv.weight
         self.rbr_reparam = self._fused_conv().to(device=weight.device, dtype=weight.dtype)
         self.rbr_reparam.weight.copy_(kernel)
@@ -275,4 +307,5 @@ class RepVGGBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'in={self.in_channels}, out={self.out_channels}, stride={self.stride}, '
-                f'groups={self.groups}, variant={self.variant}, deploy={self.deploy}')
+                f'groups={self.groups}, variant={self.variant}, deploy={self.deploy}'
+                + (', int8_kernel=True' if self.int8_kernel else ''))

@@ -78,6 +78,10 @@ class RepVGG(BaseBackbone):
             ``block_variant='repvgg'`` (QARepVGG's identity has no BN); ignored with
             ``deploy=True``. It changes only the starting point; the fused model is
             exact either way. Defaults to False (the original).
+        int8_kernel (bool): Every block's quantization-aware re-parameterization
+            (:class:`RepVGGBlock`'s ``int8_kernel``): training-time forward through the
+            equivalent kernel on the INT8 grid, fused kernels on that grid. For
+            fine-tuning a trained model. Defaults to False.
         init_cfg (dict | list[dict], optional): MMEngine initialisation config.
             Defaults to None (PyTorch's default initialisation, as the original).
     """
@@ -120,6 +124,7 @@ class RepVGG(BaseBackbone):
                  deploy: bool = False,
                  block_variant: str = 'repvgg',
                  identity_init: bool = False,
+                 int8_kernel: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg)
         if identity_init and not deploy and block_variant != 'repvgg':
@@ -145,7 +150,7 @@ class RepVGG(BaseBackbone):
 
         self.block_kwargs = dict(se_cfg=self.arch['se_cfg'], norm_cfg=norm_cfg,
                                  act_cfg=act_cfg, deploy=deploy, with_cp=with_cp,
-                                 variant=block_variant)
+                                 variant=block_variant, int8_kernel=int8_kernel)
         stem_channels = min(base_channels, widths[0])
         self.stage0 = RepVGGBlock(in_channels, stem_channels, stride=strides[0],
                                   dilation=dilations[0], **self.block_kwargs)

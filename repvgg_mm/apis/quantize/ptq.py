@@ -7,12 +7,11 @@ activations are signed INT8 with symmetric ranges (zero point 0), what TensorRT 
 Calibration images are drawn (seeded) from the config's *training* set and fed
 through its *test* pipeline, so that they are distributed as the inputs at test time.
 """
-import os.path as osp
 from typing import Optional
 
 from mmengine.config import Config
 
-from .export import (
+from ..export import (
     INPUT_KEY,
     atomic_output,
     evaluate_onnx,
@@ -20,6 +19,7 @@ from .export import (
     onnx_input_kind,
     require_deploy_packages,
 )
+from .qdq import count_qdq_nodes
 
 CALIBRATION_METHODS = ('minmax', 'entropy', 'percentile')
 
@@ -38,13 +38,6 @@ class _CalibrationReader:
             return None
         self.count += len(batch[0])
         return {'input': batch[0]}
-
-
-def count_qdq_nodes(path: str) -> int:
-    """Number of QuantizeLinear and DequantizeLinear nodes in an ONNX file."""
-    import onnx
-    graph = onnx.load(path).graph
-    return sum(node.op_type in ('QuantizeLinear', 'DequantizeLinear') for node in graph.node)
 
 
 def quantize_onnx(cfg: Config, fp32_onnx: str, output: str, calib_images: int = 256,
@@ -78,14 +71,12 @@ def quantize_onnx(cfg: Config, fp32_onnx: str, output: str, calib_images: int = 
     if calib_images < 1:
         raise ValueError(f'calib_images must be >= 1, got {calib_images}')
     require_deploy_packages()
-    if not osp.isfile(fp32_onnx):
-        raise FileNotFoundError(f'ONNX model {fp32_onnx!r} does not exist')
+    input_kind = onnx_input_kind(fp32_onnx)  # refuses a missing file or one not ONNX
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = dict(minmax=CalibrationMethod.MinMax, entropy=CalibrationMethod.Entropy,
                    percentile=CalibrationMethod.Percentile)
-    input_kind = onnx_input_kind(fp32_onnx)
     with atomic_output(output, {'FP32 model': fp32_onnx}) as tmp:
         reader = _CalibrationReader(cfg, calib_images, input_kind == 'normalized', seed)
         quantize_static(fp32_onnx, tmp, reader, quant_format=QuantFormat.QDQ,

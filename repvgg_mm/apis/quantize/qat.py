@@ -1,0 +1,315 @@
+"""INT8 quantization-aware training (QAT) of a fused RepVGG, through the Runner, to a
+QDQ ONNX model.
+
+The steps, each a function here:
+
+1. :func:`start_qat` -- the fused float model of a checkpoint gets a BatchNorm after
+   every fused conv (statistics recorded on training images, outputs unchanged:
+   checked), its weights go into the fake-quantized :class:`QATClassifier`, and the
+   INT8 ranges are calibrated on training images as ``tools/quantize.py`` does
+   (seeded draw from the train split through the test pipeline, min-max).
+2. The Runner trains it like any model (resume, checkpoints, logs, distributed).
+3. :func:`export_qat_onnx` -- torchao's ``convert_pt2e`` folds each BN into its conv
+   and turns the fake quantizers into quantize/dequantize ops; torch's ONNX exporter
+   writes them as QuantizeLinear/DequantizeLinear (the weights as INT8 constants) and
+   the placement TensorRT needs is checked (:mod:`.qdq`).
+
+:func:`quantization_aware_training` runs all three and evaluates the written file in
+ONNX Runtime.
+"""
+import copy
+import io
+from typing import Dict, Iterator, Optional
+
+import numpy as np
+import torch
+from mmengine.config import Config
+
+from repvgg_mm.fileio import check_output_paths
+from repvgg_mm.models.qat import (
+    LogitsNetwork,
+    QATClassifier,
+    conv2d_patterns_only,
+    example_input,
+    fake_quantizer_names,
+    fake_quantizers,
+    insert_bn,
+    record_conv_statistics,
+    require_torchao,
+    set_bn_statistics,
+)
+
+from ..export import (
+    INPUT_KEY,
+    atomic_output,
+    evaluate_onnx,
+    image_batches,
+    ort_session,
+    relative_difference,
+    require_deploy_packages,
+)
+from ..reparam import load_fused_model
+from .qdq import check_tensorrt_placement, quantize_conv_outputs
+
+QAT_DEFAULTS = dict(bn_images=256, calib_images=256, seed=0)
+QAT_OPSET = 18  # the lowest torch's ONNX exporter (torch.export-based) writes
+
+
+def qat_settings(cfg: Config) -> dict:
+    """The config's ``qat`` dict over :data:`QAT_DEFAULTS` (images for the BN
+    statistics, calibration images, seed of both draws)."""
+    settings = dict(QAT_DEFAULTS)
+    unknown = set(cfg.get('qat') or {}) - set(QAT_DEFAULTS)
+    if unknown:
+        raise KeyError(f'config {cfg.filename!r}: unknown qat keys {sorted(unknown)}; '
+                       f'expected {sorted(QAT_DEFAULTS)}')
+    settings.update(cfg.get('qat') or {})
+    for key in ('bn_images', 'calib_images'):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise ValueError(f'config {cfg.filename!r}: qat.{key} must be an integer >= 1, '
+                             f'got {settings[key]!r}')
+    return settings
+
+
+def float_config(cfg: Config) -> Config:
+    """The float model's config inside a QAT config (``model.float_model``)."""
+    model = cfg.get('model') or {}
+    if model.get('type') != 'QATClassifier' or 'float_model' not in model:
+        raise ValueError(f'config {cfg.filename!r} is not a QAT config: expected '
+                         "model.type='QATClassifier' with model.float_model (e.g. "
+                         f"configs/qat/repvgg-a0_qat.py), got model.type={model.get('type')!r}")
+    float_cfg = copy.deepcopy(cfg)
+    float_cfg.model = float_cfg.model.float_model
+    return float_cfg
+
+
+def _tensors(cfg: Config, images: int, seed: int, device) -> Iterator[torch.Tensor]:
+    for batch, _ in image_batches(cfg, 'train', normalized=True, limit=images,
+                                  shuffle=True, seed=seed):
+        yield torch.from_numpy(batch).to(device)
+
+
+@torch.no_grad()
+def calibrate(network: torch.nn.Module, batches) -> int:
+    """Set every fake quantizer's range to the min and max it sees over ``batches``
+    (the model in eval mode, fake quantization off), as min-max calibration does;
+    the moving average of training takes over from there.
+
+    Returns:
+        int: the number of images seen.
+    """
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    quantizers = fake_quantizers(network)
+    if not quantizers:
+        raise ValueError('the model has no fake quantizer to calibrate')
+    move_exported_model_to_eval(network)
+    averaging = {}
+    for name, fq in quantizers:
+        fq.disable_fake_quant()
+        fq.enable_observer()
+        averaging[name] = fq.activation_post_process.averaging_constant
+        fq.activation_post_process.averaging_constant = 1.0  # each batch's own range
+    low: Dict[str, torch.Tensor] = {}
+    high: Dict[str, torch.Tensor] = {}
+    images = 0
+    for batch in batches:
+        network(batch)
+        images += len(batch)
+        for name, fq in quantizers:
+            obs = fq.activation_post_process
+            low[name] = obs.min_val.clone() if name not in low else torch.minimum(
+                low[name], obs.min_val)
+            high[name] = obs.max_val.clone() if name not in high else torch.maximum(
+                high[name], obs.max_val)
+    if images == 0:
+        raise ValueError('no calibration images')
+    for name, fq in quantizers:
+        obs = fq.activation_post_process
+        obs.averaging_constant = averaging[name]
+        obs.min_val.resize_(low[name].shape).copy_(low[name])
+        obs.max_val.resize_(high[name].shape).copy_(high[name])
+        scale, zero_point = obs.calculate_qparams()
+        fq.scale.resize_(scale.shape).copy_(scale)
+        fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        fq.enable_fake_quant()
+    return images
+
+
+def bn_inserted_network(fused: torch.nn.Module, batches) -> tuple:
+    """The fused classifier as ``images -> logits`` with a BN after every fused conv,
+    statistics recorded on ``batches`` (a list of tensors), checked to give the fused
+    model's outputs on the first batch.
+
+    Returns:
+        tuple: the network (eval mode) and the max relative logit difference.
+    """
+    reference = LogitsNetwork(fused).eval()
+    network = copy.deepcopy(reference)
+    insert_bn(network)
+    set_bn_statistics(network, record_conv_statistics(network, batches))
+    network.eval()
+    with torch.no_grad():
+        expected = reference(batches[0]).cpu().numpy()
+        got = network(batches[0]).cpu().numpy()
+    rel_diff = relative_difference(expected, got)[1]
+    if not rel_diff <= 1e-4:
+        raise RuntimeError(f'the model with BatchNorms inserted differs from the fused model '
+                           f'by {rel_diff:.3g} (relative, tolerance 1e-4)')
+    return network, rel_diff
+
+
+def start_qat(model: QATClassifier, cfg: Config, checkpoint: str,
+              loaded: Optional[dict] = None) -> dict:
+    """Initialise ``model`` (built from the QAT config ``cfg``) from a float
+    ``checkpoint``: fuse it, insert and fill the BNs, load the weights, calibrate.
+
+    Args:
+        loaded (dict, optional): :func:`load_fused_model`'s result for ``checkpoint``,
+            when the caller has it already.
+
+    Returns:
+        dict: ``bn_images``, ``calib_images``, ``bn_max_rel_diff`` (BN-inserted vs
+        fused model), ``fake_quantizers``.
+    """
+    settings = qat_settings(cfg)
+    loaded = loaded or load_fused_model(float_config(cfg), checkpoint)
+    device = next(model.network.parameters()).device
+    fused = copy.deepcopy(loaded['fused']).to(device)
+    bn_batches = list(_tensors(cfg, settings['bn_images'], settings['seed'], device))
+    if not bn_batches:
+        raise ValueError(f'no training images for the BN statistics: the train split of '
+                         f'config {cfg.filename!r} is empty')
+    network, rel_diff = bn_inserted_network(fused, bn_batches)
+    bn_images = sum(len(b) for b in bn_batches)
+    del bn_batches
+    result = model.network.load_state_dict(network.state_dict(), strict=False)
+    fq_names = set(fake_quantizer_names(model.network))
+    stray = [k for k in result.missing_keys if k.split('.')[0] not in fq_names]
+    if stray or result.unexpected_keys:
+        raise RuntimeError(f'the BN-inserted model of {checkpoint!r} does not fit the QAT '
+                           f'model: missing {stray[:5]}, unexpected '
+                           f'{result.unexpected_keys[:5]}')
+    images = calibrate(model.network, _tensors(cfg, settings['calib_images'],
+                                               settings['seed'], device))
+    model.started.fill_(1)
+    model.train(model.training)
+    return dict(bn_images=bn_images, calib_images=images,
+                bn_max_rel_diff=rel_diff,
+                fake_quantizers=len(fake_quantizers(model.network)))
+
+
+def convert_qat_network(model: QATClassifier) -> torch.nn.Module:
+    """The trained network with BNs folded and fake quantizers turned into
+    quantize/dequantize ops (torchao's ``convert_pt2e``), on the CPU, eval mode."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+    network = copy.deepcopy(model.network).cpu()
+    move_exported_model_to_eval(network)
+    with conv2d_patterns_only():
+        return convert_pt2e(network)
+
+
+def export_qat_onnx(model: QATClassifier, path: str, batch_size: int = 2) -> dict:
+    """Write the trained ``model`` as an INT8 QDQ ONNX file at ``path`` (a temporary
+    path: the caller renames it), check the Q/DQ placement and run it in ONNX Runtime
+    against the converted PyTorch network.
+
+    Returns:
+        dict: ``opset``, ``convs``, ``int8_convs``, ``qdq_nodes``, ``max_abs_diff`` and
+        ``agreement`` (same top-1 on the random verification batch) of ONNX Runtime
+        against PyTorch.
+    """
+    import onnx
+    converted = convert_qat_network(model)
+    size = model.input_size
+    exported = torch.export.export(converted, example_input(size),
+                                   dynamic_shapes=({0: torch.export.Dim('batch')}, ))
+    with torch.no_grad():
+        program = torch.onnx.export(exported, example_input(size), dynamo=True,
+                                    opset_version=QAT_OPSET, input_names=['input'],
+                                    output_names=['logits'], external_data=False,
+                                    verbose=False)
+    buffer = io.BytesIO()
+    program.save(buffer)
+    proto = onnx.load_from_string(buffer.getvalue())
+    quantize_conv_outputs(proto)
+    onnx.checker.check_model(proto)
+    meta = proto.metadata_props.add()
+    meta.key, meta.value = INPUT_KEY, 'normalized'
+    onnx.save(proto, path)
+    structure = check_tensorrt_placement(path)
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(batch_size, 3, size, size, generator=generator)
+    with torch.no_grad():
+        expected = converted(batch).numpy()
+    got = ort_session(path).run(None, {'input': batch.numpy()})[0]
+    if not np.isfinite(got).all():
+        raise RuntimeError('the INT8 model gives non-finite logits in ONNX Runtime')
+    return dict(opset=QAT_OPSET, convs=structure['convs'], int8_convs=structure['int8_convs'],
+                qdq_nodes=structure['ops'].get('QuantizeLinear', 0)
+                + structure['ops'].get('DequantizeLinear', 0),
+                max_abs_diff=float(np.abs(expected - got).max()),
+                agreement=float((expected.argmax(1) == got.argmax(1)).mean()))
+
+
+def quantization_aware_training(cfg: Config, checkpoint: str, output: str,
+                                resume: bool = False, evaluate: bool = True) -> dict:
+    """From a float ``checkpoint`` (training-time or fused, any format the project
+    reads) to the INT8 QDQ ONNX model ``output``: QAT through the Runner with the QAT
+    config ``cfg`` (``cfg.work_dir`` holds its checkpoints and logs), then export and,
+    when ``evaluate``, ONNX Runtime's top-1 of the written file on the val split.
+
+    Everything that can be checked before training is, and nothing is written when it
+    fails: ``output`` against the inputs, the checkpoint against the config's arch
+    (strict load; NaN/inf weights refused). With ``resume``, training continues from
+    the newest complete checkpoint of the work dir (when there is none it starts
+    anew).
+
+    Returns:
+        dict: ``output``, ``work_dir``, ``resumed_from``, ``start`` (see
+        :func:`start_qat`; None when resumed), ``export`` (see :func:`export_qat_onnx`)
+        and, when evaluated, ``val_images``, ``int8_top1``, ``int8_img_s``.
+    """
+    from mmengine.dist import barrier, is_main_process
+    from mmengine.model import is_model_wrapper
+    from mmengine.registry import RUNNERS, init_default_scope
+
+    from repvgg_mm.checkpoints import allow_training_checkpoints
+    from repvgg_mm.engine import find_resumable_checkpoint
+
+    require_deploy_packages()
+    require_torchao()
+    qat_settings(cfg)
+    check_output_paths({'OUTPUT': output}, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint})
+    loaded = load_fused_model(float_config(cfg), checkpoint)  # another arch, NaN: refused
+    resumed_from = find_resumable_checkpoint(cfg.work_dir) if resume else None
+    cfg = copy.deepcopy(cfg)
+    cfg.resume, cfg.load_from = resumed_from is not None, resumed_from
+
+    init_default_scope(cfg.get('default_scope', 'repvgg_mm'))
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else None
+    if runner is None:
+        from mmengine.runner import Runner
+        runner = Runner.from_cfg(cfg)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    start = None
+    if resumed_from is None:
+        start = start_qat(model, cfg, checkpoint, loaded)
+        runner.logger.info(
+            f'QAT start from {checkpoint}: BN statistics on {start["bn_images"]} images '
+            f'(max rel. logit change {start["bn_max_rel_diff"]:.2g}), '
+            f'{start["fake_quantizers"]} fake quantizers calibrated on '
+            f'{start["calib_images"]} images')
+    with allow_training_checkpoints():
+        runner.train()
+    report = dict(output=output, work_dir=cfg.work_dir, resumed_from=resumed_from,
+                  start=start)
+    if is_main_process():
+        with atomic_output(output, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint}) as tmp:
+            report['export'] = export_qat_onnx(model, tmp)
+        if evaluate:
+            result = evaluate_onnx(output, cfg, 'val')
+            report.update(val_images=result['images'], int8_top1=result['top1'],
+                          int8_img_s=result['images'] / result['seconds'])
+    barrier()
+    return report

@@ -1,0 +1,391 @@
+"""INT8 quantization-aware training of a fused RepVGG classifier.
+
+This is the original repository's route to an INT8 RepVGG that keeps its accuracy
+(its ``quantization/`` folder and ``tools/insert_bn.py``): fuse the model, put a
+BatchNorm after every fused 3x3 conv -- its statistics recorded on training images and
+its affine parameters chosen so that the outputs do not change -- then train with
+fake quantization. The fake quantization is torchao's PT2E flow (``prepare_qat_pt2e``,
+the successor of ``torch.ao.quantization``, which is deprecated): it fuses each conv
+with the BN after it the way ``torch.ao``'s QAT ConvBn modules did (the weight is
+quantized *after* the BN is folded into it, with the running statistics), so the
+INT8 kernels of the exported model are exactly the ones trained.
+
+Quantization scheme: signed INT8 everywhere with zero point 0 (what TensorRT takes):
+per-tensor activations, per-output-channel weights; ranges tracked by moving
+min/max during training.
+
+:class:`QATClassifier` is the model the Runner trains; the data-dependent start
+(BN statistics, calibration) is :func:`repvgg_mm.apis.quantize.qat.start_qat`.
+"""
+import contextlib
+import copy
+import logging
+from collections import OrderedDict
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import Tensor
+
+from repvgg_mm.registry import MODELS
+
+from .reparam import reparameterize_model
+
+QAT_INSTALL = 'pip install -r requirements/deploy.txt (or pip install "repvgg_mm[deploy]")'
+
+
+def require_torchao() -> None:
+    """Import torchao, or raise ImportError naming the install command when it is
+    missing. Its first import makes torch log a deprecation notice about one of its
+    types (torch 2.14); that line would stand before a tool's one-line error, so the
+    logger is quietened for the import."""
+    notices = logging.getLogger('torch.utils._pytree')
+    level = notices.level
+    notices.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ImportError('torchao not installed (quantization-aware training needs it); '
+                          f'install the deploy requirements: {QAT_INSTALL}') from None
+    finally:
+        notices.setLevel(level)
+
+
+class LogitsNetwork(nn.Module):
+    """A classifier as a plain ``normalised images -> logits`` module (what is traced,
+    fake-quantized and exported)."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.classifier(x, mode='tensor')
+        return out[-1] if isinstance(out, (tuple, list)) else out
+
+
+# ---------------------------------------------------------------------------------------
+# BN insertion (route C of the original)
+
+def fused_convs(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(name, block)`` of every fused RepVGG block (one with ``rbr_reparam``: a conv,
+    or the conv + BN of :func:`insert_bn`)."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(getattr(m, 'rbr_reparam', None), (nn.Conv2d, nn.Sequential))]
+
+
+def insert_bn(model: nn.Module) -> List[str]:
+    """Replace the fused conv ``rbr_reparam`` of every block by a conv without bias
+    followed by a BatchNorm (``rbr_reparam.conv``, ``rbr_reparam.bn``), in place.
+
+    The BN starts as the identity plus the conv's former bias (running mean 0, running
+    variance ``1 - eps``, weight 1, bias = the conv's bias), so the model's eval-mode
+    outputs do not change; :func:`set_bn_statistics` gives it statistics.
+
+    Returns:
+        list[str]: the names of the blocks changed.
+    """
+    names = []
+    for name, block in fused_convs(model):
+        conv = block.rbr_reparam
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f'block {name!r} already has a BatchNorm after its conv')
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                          groups=conv.groups, bias=False).to(conv.weight)
+        bn = nn.BatchNorm2d(conv.out_channels).to(conv.weight)
+        with torch.no_grad():
+            plain.weight.copy_(conv.weight)
+            bn.running_var.fill_(1 - bn.eps)
+            bn.weight.fill_(1)
+            bn.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(bn.bias))
+        block.rbr_reparam = nn.Sequential(OrderedDict(conv=plain, bn=bn)).train(block.training)
+        names.append(name)
+    if not names:
+        raise ValueError(f'{type(model).__name__} has no fused RepVGG block (rbr_reparam) '
+                         'to insert a BatchNorm after')
+    return names
+
+
+@torch.no_grad()
+def record_conv_statistics(model: nn.Module, batches: Iterable[Tensor]) -> Dict[str, tuple]:
+    """Per-channel mean and variance of every inserted BN's input (the conv output
+    without bias) over ``batches``, the model in eval mode.
+
+    Returns:
+        dict: block name -> ``(mean, var)``.
+    """
+    sums: Dict[str, list] = {}
+    hooks = []
+
+    def record(name):
+        def hook(module, inputs, output):
+            y = output.detach().double().transpose(0, 1).flatten(1)
+            acc = sums.setdefault(name, [0.0, 0.0, 0])
+            acc[0] = acc[0] + y.sum(1)
+            acc[1] = acc[1] + (y * y).sum(1)
+            acc[2] += y.shape[1]
+        return hook
+
+    was_training = model.training
+    model.eval()
+    for name, block in fused_convs(model):
+        if not isinstance(block.rbr_reparam, nn.Sequential):
+            raise ValueError(f'block {name!r} has no inserted BatchNorm; call insert_bn first')
+        hooks.append(block.rbr_reparam.conv.register_forward_hook(record(name)))
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if not sums:
+        raise ValueError('no images to record BatchNorm statistics on')
+    stats = {}
+    for name, (total, squares, count) in sums.items():
+        mean = total / count
+        stats[name] = (mean.float(), (squares / count - mean * mean).clamp_min(0).float())
+    return stats
+
+
+@torch.no_grad()
+def set_bn_statistics(model: nn.Module, stats: Dict[str, tuple]) -> None:
+    """Give every inserted BN the recorded running statistics and the affine parameters
+    that keep its eval-mode output unchanged: ``weight = sqrt(var + eps)``, ``bias =
+    mean + conv bias`` (what the BN added before), as the original's ``insert_bn``."""
+    for name, block in fused_convs(model):
+        bn = block.rbr_reparam.bn
+        mean, var = stats[name]
+        old_bias = bn.bias - bn.running_mean * bn.weight / (bn.running_var + bn.eps).sqrt()
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_((var + bn.eps).sqrt())
+        bn.bias.copy_(mean + old_bias)
+
+
+# ---------------------------------------------------------------------------------------
+# Fake quantization (torchao PT2E)
+
+def int8_quantizer(per_channel: bool = True):
+    """torchao's x86 quantizer (conv/linear patterns, conv+ReLU kept together) with
+    signed symmetric INT8 with zero point 0 -- what TensorRT's explicit quantization
+    takes: per-tensor activations, per-output-channel weights, both in [-128, 127].
+
+    The fake quantizers are torchao's plain ``FakeQuantize`` with moving min/max
+    observers, not the x86 default's fused ``FusedMovingAvgObsFakeQuantize``: the fused
+    op's scale differs from its observer's ``calculate_qparams`` (about 0.5 %, measured),
+    which is what ``convert_pt2e`` exports, so the exported INT8 weights were not the
+    ones trained (0.6-1.0 points of top-1 lost on the demo data)."""
+    require_torchao()
+    from torchao.quantization.pt2e import (
+        FakeQuantize,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        QuantizationConfig,
+        X86InductorQuantizer,
+    )
+    activation = QuantizationSpec(
+        dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=FakeQuantize.with_args(
+            eps=2**-12, observer=MovingAverageMinMaxObserver))
+    weight = QuantizationSpec(
+        dtype=torch.int8, quant_min=-128, quant_max=127,
+        qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+        ch_axis=0, is_dynamic=False,
+        observer_or_fake_quant_ctr=FakeQuantize.with_args(
+            eps=2**-12, observer=MovingAveragePerChannelMinMaxObserver if per_channel
+            else MovingAverageMinMaxObserver))
+    config = QuantizationConfig(activation, activation, weight, None, True)
+    return X86InductorQuantizer().set_global(config)
+
+
+@contextlib.contextmanager
+def conv2d_patterns_only() -> Iterator[None]:
+    """Make torchao's conv+BN fusion (``prepare_qat_pt2e``) and folding
+    (``convert_pt2e``) look for conv2d patterns only.
+
+    Both try conv1d, conv2d and the two transposed convs, tracing every pattern
+    variant with ``torch.export`` (102 traces in ``convert_pt2e``, 0.2-0.4 s each: 21 s
+    of its 22 s for the demo model on a 2-core CPU). A fused RepVGG has conv2d only,
+    so the other three searches cannot match anything; skipping them changes no result
+    (the exported graphs are checked to have no BatchNormalization left). Where
+    torchao's private helpers are not found, nothing is changed.
+    """
+    try:
+        from torchao.quantization.pt2e import qat_utils
+    except ImportError:
+        yield
+        return
+    originals = {name: getattr(qat_utils, name, None)
+                 for name in ('_fuse_conv_bn_qat_helper', '_fold_conv_bn_qat_helper')}
+
+    def only_conv2d(helper):
+        def wrapper(m, conv_fn, *args, **kwargs):
+            return helper(m, conv_fn, *args, **kwargs) if conv_fn is F.conv2d else m
+        return wrapper
+
+    for name, helper in originals.items():
+        if helper is not None:
+            setattr(qat_utils, name, only_conv2d(helper))
+    try:
+        yield
+    finally:
+        for name, helper in originals.items():
+            if helper is not None:
+                setattr(qat_utils, name, helper)
+
+
+def example_input(size: int) -> Tuple[Tensor]:
+    return (torch.zeros(2, 3, size, size), )
+
+
+def export_network(network: nn.Module, size: int):
+    """``torch.export`` of ``network`` with a dynamic batch dimension."""
+    return torch.export.export(network, example_input(size),
+                               dynamic_shapes=({0: torch.export.Dim('batch')}, ))
+
+
+def prepare_qat_network(network: nn.Module, size: int, per_channel: bool = True) -> nn.Module:
+    """The fake-quantized training graph of ``network`` (a torch.fx GraphModule)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    network = copy.deepcopy(network).train()
+    with conv2d_patterns_only():
+        return prepare_qat_pt2e(export_network(network, size).module(),
+                                int8_quantizer(per_channel))
+
+
+def fake_quantizers(module: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(name, module)`` of every fake quantizer in ``module``; one shared by several
+    tensors (e.g. a pooling's input and output) is listed once, under its first name."""
+    require_torchao()
+    from torchao.quantization.pt2e import FakeQuantizeBase
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, FakeQuantizeBase)]
+
+
+def activation_quantizers(graph_module: nn.Module) -> List[str]:
+    """Names of the fake quantizers of a prepared graph that see activations (their
+    input depends on the graph's input), as opposed to weights."""
+    names = set(n for n, _ in fake_quantizers(graph_module))
+    from_input, found = set(), []
+    for node in graph_module.graph.nodes:
+        if node.op == 'placeholder' or any(a in from_input for a in node.all_input_nodes):
+            from_input.add(node)
+            if node.op == 'call_module' and node.target in names:
+                found.append(node.target)
+    return found
+
+
+def fake_quantizer_names(module: nn.Module) -> List[str]:
+    """Every name under which a fake quantizer of ``module`` is registered."""
+    require_torchao()
+    from torchao.quantization.pt2e import FakeQuantizeBase
+    return [n for n, m in module.named_modules(remove_duplicate=False)
+            if isinstance(m, FakeQuantizeBase)]
+
+
+@MODELS.register_module()
+class QATClassifier(BaseModel):
+    """A fused RepVGG classifier with a BN after every fused conv, fake-quantized for
+    INT8 quantization-aware training; the Runner trains it like any model.
+
+    The structure is built from the float model's config (fused, BN inserted, traced
+    with ``torch.export`` and prepared by torchao's PT2E QAT); the weights, BN
+    statistics and quantization ranges come from the float checkpoint through
+    :func:`repvgg_mm.apis.quantize.qat.start_qat` or from a QAT checkpoint (resume,
+    ``load_from``). Loss and predictions are the float model's head's, computed from
+    the logits.
+
+    Args:
+        float_model (dict): The config of the model that was trained in float (the
+            arch's ``model``), training-time or deploy.
+        input_size (int): Height and width of the example input used for tracing
+            (the batch dimension is dynamic).
+        per_channel (bool): One weight scale per output channel (True) or per conv.
+        activation_ranges (str): ``'moving'``: the activation ranges start from the
+            calibration and follow the training batches (moving min/max);
+            ``'calibrated'``: they stay the calibration's (the weights' ranges follow
+            the weights either way).
+        data_preprocessor (dict, optional): As the float model's.
+    """
+
+    def __init__(self, float_model: dict, input_size: int = 224, per_channel: bool = True,
+                 activation_ranges: str = 'moving',
+                 data_preprocessor: Optional[dict] = None, init_cfg=None) -> None:
+        require_torchao()
+        float_model = copy.deepcopy(dict(float_model))
+        float_model.pop('data_preprocessor', None)
+        super().__init__(data_preprocessor=data_preprocessor or float_model.get(
+            'data_preprocessor'), init_cfg=init_cfg)
+        classifier = MODELS.build(float_model)
+        reparameterize_model(classifier, inplace=True)
+        head = classifier.head
+        network = LogitsNetwork(classifier)
+        self.bn_blocks = insert_bn(network)
+        self.input_size = input_size
+        if activation_ranges not in ('moving', 'calibrated'):
+            raise ValueError("activation_ranges must be 'moving' or 'calibrated', got "
+                             f'{activation_ranges!r}')
+        self.activation_ranges = activation_ranges
+        self.network = prepare_qat_network(network, input_size, per_channel)
+        self._activation_quantizers = set(activation_quantizers(self.network))
+        self._head = (head, )  # loss and predictions only; not a submodule
+        self._size_quantizer_buffers()
+        # 1 once the weights, BN statistics and ranges come from a float model (set by
+        # start_qat, saved in every QAT checkpoint): training a model that never got
+        # them would fine-tune random weights at a fine-tuning learning rate
+        self.register_buffer('started', torch.zeros((), dtype=torch.uint8))
+        self._started_seen = False
+
+    @torch.no_grad()
+    def _size_quantizer_buffers(self) -> None:
+        """Run one batch of zeros so that the per-channel quantizers' buffers get their
+        shapes (one value per channel instead of the placeholder's one): a checkpoint
+        then loads strictly, shapes checked. The values are replaced by
+        :func:`~repvgg_mm.apis.quantize.qat.start_qat` or the loaded checkpoint."""
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        move_exported_model_to_eval(self.network)
+        self.network(example_input(self.input_size)[0])
+        self.train(self.training)
+
+    @property
+    def head(self) -> nn.Module:
+        return self._head[0]
+
+    def train(self, mode: bool = True) -> 'QATClassifier':
+        from torchao.quantization.pt2e import (
+            move_exported_model_to_eval,
+            move_exported_model_to_train,
+        )
+        self.training = mode
+        self.data_preprocessor.train(mode)
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.network)
+        # ranges follow the training data only: evaluation never moves them
+        frozen = self._activation_quantizers if self.activation_ranges == 'calibrated' \
+            else set()
+        for name, fq in fake_quantizers(self.network):
+            fq.enable_observer(mode and name not in frozen)
+        return self
+
+    def forward(self, inputs: Tensor, data_samples=None, mode: str = 'tensor'):
+        logits = self.network(inputs)
+        if mode == 'tensor':
+            return logits
+        if mode == 'loss':
+            if not self._started_seen:
+                if not int(self.started):
+                    raise RuntimeError(
+                        'this QAT model was not started from a float checkpoint: run '
+                        'tools/qat.py QAT_CONFIG CHECKPOINT OUTPUT.onnx (tools/train.py '
+                        'takes a QAT config only to --resume or load_from a QAT run)')
+                self._started_seen = True
+            return self.head._get_loss(logits, data_samples)
+        if mode == 'predict':
+            return self.head._get_predictions(logits, data_samples)
+        raise RuntimeError(f'invalid mode {mode!r}; expected tensor, loss or predict')
