@@ -102,6 +102,12 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
+def is_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it, symbolic links resolved."""
+    path, folder = osp.realpath(path), osp.realpath(folder)
+    return osp.commonpath([path, folder]) == folder
+
+
 def _same_file(a: str, b: str) -> bool:
     if osp.exists(a) and osp.exists(b):
         return osp.samefile(a, b)

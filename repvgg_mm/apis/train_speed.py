@@ -3,7 +3,6 @@ loading included, for several configs side by side in one run, plus the model al
 on a batch already on the device (the ceiling any loader can reach)."""
 import copy
 import gc
-import os.path as osp
 import shutil
 import statistics
 import tempfile
@@ -14,6 +13,8 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmpretrain.structures import DataSample
+
+from .data_speed import on_data
 
 
 class _Finished(Exception):
@@ -72,15 +73,8 @@ def _speed_config(cfg: Config, data_root: str, batch_size: Optional[int],
                   compile_model: bool, work_dir: str) -> Config:
     cfg = copy.deepcopy(cfg)
     loader = cfg.train_dataloader
-    if cfg.get('default_scope', 'repvgg_mm') == 'repvgg_mm':
-        loader.dataset.data_root = data_root
-        loader.dataset.split = 'train'
-    else:  # another package's config (the reference): MMPretrain's generic data set
-        listed = osp.isfile(osp.join(data_root, 'train_list.txt'))
-        loader.dataset = dict(type='CustomDataset', data_root=data_root,
-                              ann_file='train_list.txt' if listed else '',
-                              data_prefix='' if listed else 'train',
-                              pipeline=loader.dataset.pipeline)
+    loader.dataset = on_data(loader, data_root, 'train',
+                             cfg.get('default_scope', 'repvgg_mm'))['dataset']
     if batch_size:
         loader.batch_size = batch_size
     if num_workers is not None:

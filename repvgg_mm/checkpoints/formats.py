@@ -221,12 +221,17 @@ def load_weights_into(model: nn.Module, state_dict: dict, source: str) -> None:
     try:
         load_state_dict_strict(model, state_dict, source)
     except CheckpointError as exc:
-        arch = guess_arch(state_dict)
-        hint = (f'the checkpoint looks like RepVGG arch {arch!r}' if arch else
-                'its layout matches none of the known RepVGG archs')
-        if block_variant_of(state_dict) == 'qarepvgg':
-            hint += " with QARepVGG blocks (backbone.block_variant='qarepvgg')"
-        raise CheckpointError(f'{exc}; {hint}') from exc
+        raise CheckpointError(f'{exc}; {arch_hint(state_dict)}') from exc
+
+
+def arch_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """What a state dict (ours, whole classifier) looks like, for a mismatch error."""
+    arch = guess_arch(state_dict)
+    hint = (f'the checkpoint looks like RepVGG arch {arch!r}' if arch else
+            'its layout matches none of the known RepVGG archs')
+    if block_variant_of(state_dict) == 'qarepvgg':
+        hint += " with QARepVGG blocks (backbone.block_variant='qarepvgg')"
+    return hint
 
 
 def load_pretrained_into(module: nn.Module, checkpoint: str, prefix: str = 'backbone.') -> int:
@@ -257,10 +262,7 @@ def load_pretrained_into(module: nn.Module, checkpoint: str, prefix: str = 'back
                               f'{list(state_dict)[:3]})')
     try:
         load_state_dict_strict(module, part, f'{checkpoint} [{prefix}*]')
-    except CheckpointError as exc:
-        arch = guess_arch(state_dict)
-        hint = f'the checkpoint looks like RepVGG arch {arch!r}' if arch else \
-            'its layout matches none of the known RepVGG archs'
-        raise CheckpointError(f'{exc}; {hint}') from exc
+    except CheckpointError as exc:  # the hint reads the whole, converted state dict
+        raise CheckpointError(f'{exc}; {arch_hint(state_dict)}') from exc
     return len(part)
 

@@ -18,13 +18,11 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine import fileio
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from repvgg_mm.datasets.loading import image_is_complete
+from repvgg_mm.datasets.loading import read_image_bytes
 from repvgg_mm.datasets.samplers import sample_seed
-from repvgg_mm.datasets.zip_backend import backend_args_for
 
 # Columns of the per-sample metadata tensor of a packed batch.
 META = ('index', 'label', 'top', 'left', 'height', 'width', 'flip', 'image_h', 'image_w')
@@ -125,11 +123,7 @@ def decode_on_cpu(data: bytes) -> torch.Tensor:
 
 def _read_one(path: str, backend_args: Optional[dict]) -> Tuple[bytes, Optional[tuple]]:
     """The bytes of one file and its JPEG header (None: the GPU decoder cannot take it)."""
-    data = fileio.get(path, backend_args=backend_args_for(path, backend_args))
-    if not data:
-        raise OSError('the file is empty')
-    if not image_is_complete(data):
-        raise OSError('the file is truncated (its end marker is missing)')
+    data = read_image_bytes(path, backend_args)
     header = jpeg_header(data)
     if header is not None and header[2] in (1, 3):  # grey or YCbCr/RGB: nvJPEG's
         return data, header

@@ -1,6 +1,6 @@
 """Image loading that never trains on a silently broken image."""
 import multiprocessing
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import mmcv
 import numpy as np
@@ -24,6 +24,37 @@ def image_is_complete(data: bytes) -> bool:
     if data[:8] == b'\x89PNG\r\n\x1a\n':
         return b'IEND' in data[-12:]
     return True
+
+
+def read_image_bytes(path: str, backend_args: Optional[dict] = None) -> bytes:
+    """The bytes of an image file through MMEngine's file I/O (``ARCHIVE.zip@/MEMBER``
+    paths through the zip backend), refusing an empty or truncated file.
+
+    Raises:
+        OSError: saying what is wrong with the file.
+    """
+    data = fileio.get(path, backend_args=backend_args_for(path, backend_args))
+    if not data:
+        raise OSError('the file is empty (0 bytes)')
+    if not image_is_complete(data):
+        raise OSError('the file is truncated (its end marker is missing)')
+    return data
+
+
+def load_checked(path: str, decode: Callable[[bytes], Any], backend_args: Optional[dict],
+                 skip_broken: bool, step: str) -> Any:
+    """Read and decode one image for a loading transform (``step``, named in the
+    error): the decoded image, or None when it is broken and ``skip_broken`` (counted
+    for the epoch's report); otherwise an ``OSError`` naming the file."""
+    try:
+        return decode(read_image_bytes(path, backend_args))
+    except Exception as exc:
+        if skip_broken:
+            count_skipped()
+            return None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OSError(f'cannot read image {path!r}: {reason} (set skip_broken=True on {step} '
+                      'in the train pipeline to skip such files)') from exc
 
 
 def count_skipped() -> None:
@@ -57,25 +88,17 @@ class LoadImageChecked(MMCVLoadImageFromFile):
         super().__init__(*args, **kwargs)
         self.skip_broken = skip_broken
 
+    def _decode(self, data: bytes) -> np.ndarray:
+        img = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
+        if img is None:
+            raise OSError('it is not a decodable image')
+        return img
+
     def transform(self, results: dict) -> Optional[dict]:
-        filename = results['img_path']
-        try:
-            data = fileio.get(filename,
-                              backend_args=backend_args_for(filename, self.backend_args))
-            if not data:
-                raise OSError('the file is empty (0 bytes)')
-            if not image_is_complete(data):
-                raise OSError('the file is truncated (its end marker is missing)')
-            img = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
-            if img is None:
-                raise OSError('it is not a decodable image')
-        except Exception as exc:
-            if self.skip_broken:
-                count_skipped()
-                return None
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise OSError(f'cannot read image {filename!r}: {reason} (set skip_broken=True on '
-                          'LoadImageFromFile in the train pipeline to skip such files)') from exc
+        img = load_checked(results['img_path'], self._decode, self.backend_args,
+                           self.skip_broken, 'LoadImageFromFile')
+        if img is None:
+            return None
         if self.to_float32:
             img = img.astype(np.float32)
         results['img'] = img

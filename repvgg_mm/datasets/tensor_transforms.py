@@ -23,7 +23,6 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
-from mmengine import fileio
 from mmpretrain.datasets.transforms import PackInputs as MMPretrainPackInputs
 from mmpretrain.datasets.transforms import RandomResizedCrop as MMPretrainRandomResizedCrop
 from PIL import Image
@@ -34,8 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from repvgg_mm.registry import TRANSFORMS
 
 from .gpu_augment import random_resized_crop_box
-from .loading import count_skipped, image_is_complete
-from .zip_backend import backend_args_for
+from .loading import load_checked
 
 
 def decode_to_tensor(data: bytes) -> torch.Tensor:
@@ -74,22 +72,10 @@ class LoadImageTensor(BaseTransform):
         self.backend_args = backend_args
 
     def transform(self, results: dict) -> Optional[dict]:
-        filename = results['img_path']
-        try:
-            data = fileio.get(filename, backend_args=backend_args_for(filename,
-                                                                      self.backend_args))
-            if not data:
-                raise OSError('the file is empty (0 bytes)')
-            if not image_is_complete(data):
-                raise OSError('the file is truncated (its end marker is missing)')
-            img = decode_to_tensor(data)
-        except Exception as exc:
-            if self.skip_broken:
-                count_skipped()
-                return None
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise OSError(f'cannot read image {filename!r}: {reason} (set skip_broken=True on '
-                          'LoadImageTensor in the train pipeline to skip such files)') from exc
+        img = load_checked(results['img_path'], decode_to_tensor, self.backend_args,
+                           self.skip_broken, 'LoadImageTensor')
+        if img is None:
+            return None
         results['img'] = img
         results['img_shape'] = results['ori_shape'] = tuple(img.shape[-2:])
         results['channel_order'] = 'rgb'

@@ -6,14 +6,9 @@ import zipfile
 from collections import Counter
 from typing import Dict, List, Sequence
 
-from repvgg_mm.fileio import OutputPathError, atomic_open, atomic_path
+from repvgg_mm.fileio import OutputPathError, atomic_open, atomic_path, is_inside
 
 from .imagenet_layout import ImageNetLayoutDataset
-
-
-def _inside(path: str, folder: str) -> bool:
-    path, folder = osp.realpath(path), osp.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _member_name(img_path: str, src_root: str, split: str) -> str:
@@ -74,7 +69,7 @@ def pack_imagenet_zip(src_root: str, dst_root: str,
     """
     if not osp.isdir(src_root):
         raise FileNotFoundError(f'source data root {src_root!r} is not a folder')
-    if _inside(dst_root, src_root):
+    if is_inside(dst_root, src_root):
         raise OutputPathError(f'destination {dst_root!r} is inside the source {src_root!r}: '
                               'refusing to write into the data being packed')
     if osp.exists(dst_root) and not osp.isdir(dst_root):

@@ -22,7 +22,7 @@ from repvgg_mm.checkpoints import (
     to_ours,
 )
 from repvgg_mm.datasets.imagenet_layout import resolve_auto_num_classes
-from repvgg_mm.fileio import atomic_path
+from repvgg_mm.fileio import atomic_path, is_inside
 from repvgg_mm.registry import RUNNERS
 
 _CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
@@ -43,11 +43,6 @@ def is_complete_checkpoint(path: str) -> bool:
         return False
 
 
-def _inside(path: str, folder: str) -> bool:
-    path, folder = osp.realpath(path), osp.realpath(folder)
-    return osp.commonpath([path, folder]) == folder
-
-
 def resumable_checkpoints(work_dir: str) -> List[str]:
     """Candidates to resume from, newest first: the ``last_checkpoint`` pointer's
     target, then ``epoch_N.pth`` / ``iter_N.pth`` by decreasing N."""
@@ -56,7 +51,7 @@ def resumable_checkpoints(work_dir: str) -> List[str]:
     if osp.isfile(pointer):
         with open(pointer, encoding='utf-8', errors='replace') as f:
             target = f.read().strip()
-        if target and not _inside(target, work_dir):
+        if target and not is_inside(target, work_dir):
             # e.g. a work dir copied from another run: never resume that run's weights
             print_log(f'{pointer} points outside the work dir, to {target!r}; ignoring it '
                       '(pass --resume PATH to resume from a checkpoint elsewhere)',

@@ -182,6 +182,10 @@ def start_qat(model: QATClassifier, cfg: Config, checkpoint: str,
     network, rel_diff = bn_inserted_network(fused, bn_batches)
     bn_images = sum(len(b) for b in bn_batches)
     del bn_batches
+    # Not an outside checkpoint: the BN-inserted model just built from the float one
+    # (read safely and strictly by load_fused_model). Deliberately non-strict only for
+    # the fake quantizers' state, which that model has not; any other missing or
+    # unexpected key is refused below.
     result = model.network.load_state_dict(network.state_dict(), strict=False)
     fq_names = set(fake_quantizer_names(model.network))
     stray = [k for k in result.missing_keys if k.split('.')[0] not in fq_names]
