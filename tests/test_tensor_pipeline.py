@@ -97,6 +97,40 @@ def test_test_pipeline_is_pils_within_two_grey_levels(photos):
         assert mean < 0.3 and peak <= 2, (path, mean, peak)
 
 
+def test_resize_is_torchvisions_and_keeps_the_decoded_layout(photos):
+    """The transforms' resize gives torchvision's antialiased resize pixel for pixel
+    (crops up and down, whole images, either memory layout) and writes a decoded
+    image's crop out in the decoder's H x W x 3 layout (no repacking, the cost it
+    saves); the batch the data preprocessor stacks is the usual contiguous one."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from repvgg_mm.datasets.tensor_transforms import _resize
+    with open(photos[1], 'rb') as f:
+        img = decode_jpeg(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8),
+                          mode=ImageReadMode.RGB)
+    assert img.stride()[0] == 1  # the decoder's layout: (3, H, W) over H x W x 3
+    rng = random.Random(0)
+    for _ in range(40):
+        h, w = rng.randint(16, img.shape[1]), rng.randint(16, img.shape[2])
+        top, left = rng.randint(0, img.shape[1] - h), rng.randint(0, img.shape[2] - w)
+        size = rng.choice([(224, 224), (224, 298), (37, 500)])
+        for src in (img[:, top:top + h, left:left + w],
+                    img[:, top:top + h, left:left + w].contiguous(), img):
+            out = _resize(src, *size)
+            expected = TF.resize(src, list(size), interpolation=InterpolationMode.BILINEAR,
+                                 antialias=True)
+            assert torch.equal(out, expected)
+            assert out.stride()[0] == (1 if src.stride()[0] == 1 else size[0] * size[1])
+    sample = _pipeline('train')(dict(img_path=photos[0]))['img']
+    assert sample.stride()[0] == 1
+    from repvgg_mm.registry import MODELS
+    batch = MODELS.build(Config.fromfile(A0).data_preprocessor)(
+        dict(inputs=[sample, sample], data_samples=None))['inputs']
+    assert batch.is_contiguous() and batch.shape == (2, 3, 224, 224)
+
+
 def test_declared_rgb_reaches_the_model_as_the_bgr_pipeline_does(photos, tmp_path):
     """Through the configs' data preprocessor, the tensor pipeline's RGB batch and the
     MMCV pipeline's BGR batch (LoadImageFromFile + PIL resize) give the model the same

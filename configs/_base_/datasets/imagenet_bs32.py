@@ -16,12 +16,13 @@ data_preprocessor = dict(
 )
 
 # The specification's augmentation (PIL's: antialiased bilinear resize) on uint8 tensors
-# (repvgg_mm/datasets/tensor_transforms.py): libjpeg-turbo decode into CHW, torch's
+# (repvgg_mm/datasets/tensor_transforms.py): libjpeg-turbo decode into (3, H, W), torch's
 # antialiased uint8 resize, no NumPy/PIL round trips -- within 2 grey levels of PIL
-# and 1.4x the speed per core of the same pipeline through MMPretrain's PIL backend
-# (tools/analysis/data_speed.py). Equivalent MMPretrain transforms, e.g. for
-# AutoAugment/RandAugment (which work on NumPy images): LoadImageFromFile,
-# RandomResizedCrop(backend='pillow', interpolation='bilinear'), RandomFlip.
+# and 1.5x the speed per core of the same pipeline through MMPretrain's PIL backend,
+# 1.03x MMPretrain's stock OpenCV pipeline (tools/analysis/data_speed.py). Equivalent
+# MMPretrain transforms, e.g. for AutoAugment/RandAugment (which work on NumPy images):
+# LoadImageFromFile, RandomResizedCrop(backend='pillow', interpolation='bilinear'),
+# RandomFlip.
 train_pipeline = [
     dict(type='LoadImageTensor'),
     dict(type='RandomResizedCropTensor', scale=224),
