@@ -79,15 +79,19 @@ def _train(config, data_root, work_dir, *extra):
                       weights_only=False)['state_dict']
 
 
-@pytest.mark.parametrize('config, extra', [
-    (DEMO_CONFIG, ['train_dataloader.num_workers=1', 'train_dataloader.persistent_workers=True']),
-    (GPU_DEMO_CONFIG, ['train_dataloader.device=cpu'])], ids=['cpu-pipeline', 'gpu-loader'])
+@pytest.mark.parametrize('config, extra, zip_extra', [
+    (DEMO_CONFIG, ['train_dataloader.num_workers=1', 'train_dataloader.persistent_workers=True'],
+     []),
+    (GPU_DEMO_CONFIG, ['train_dataloader.device=cpu'],
+     ['train_dataloader.dataset.cache_mode=part'])], ids=['cpu-pipeline', 'gpu-loader-cached'])
 def test_training_from_the_archive_equals_training_from_the_folder(
-        config, extra, tiny_data, zipped, tmp_path):
+        config, extra, zip_extra, tiny_data, zipped, tmp_path):
     """Same seed, same data: the same weights, bit for bit -- with forked workers
-    reading the archive (each reopens it) and per-sample seeding as from files."""
+    reading the archive (each reopens it), or the GPU-decoding loader's workers taking
+    the bytes from the data set's in-memory cache, and per-sample seeding as from
+    files."""
     from_folder = _train(config, tiny_data, tmp_path / 'folder', *extra)
-    from_zip = _train(config, zipped, tmp_path / 'zip', *extra)
+    from_zip = _train(config, zipped, tmp_path / 'zip', *extra, *zip_extra)
     assert from_folder.keys() == from_zip.keys()
     for key, value in from_folder.items():
         assert torch.equal(value, from_zip[key]), key
@@ -189,3 +193,73 @@ def test_data_speed_tool_measures_every_pipeline_from_zip_archives(tiny_data):
     assert rows[0]['run'].startswith('mmpretrain::') and all(r['zip'] for r in rows)
     assert all(r['imgs_per_s'] > 0 for r in rows)
     assert rows[-1]['loader'] == 'GPUDecodeLoader'
+
+
+def _cached(root, split, mode, pipeline=()):
+    return ImageNetLayoutDataset(data_root=root, split=split, pipeline=list(pipeline),
+                                 cache_mode=mode)
+
+
+def test_cache_part_keeps_each_ranks_part_and_its_sampler_stays_on_it(zipped, monkeypatch):
+    """cache_mode='part' on rank r of 3 holds the bytes of samples r, r+3, ... (as in
+    the archive); SampleSeedSampler gives each rank only its part, every epoch, in a
+    new order, equally long on every rank; 'full' holds all; one rank samples as
+    without the cache."""
+    import repvgg_mm.datasets.imagenet_layout as layout
+    from repvgg_mm.datasets import SampleSeedSampler
+    with pytest.raises(ValueError, match="cache_mode must be None, 'part' or 'full'"):
+        _cached(zipped, 'train', 'some')
+    parts, orders = [], {}
+    for rank in range(3):
+        monkeypatch.setattr(layout, 'get_dist_info', lambda rank=rank: (rank, 3))
+        dataset = _cached(zipped, 'train', 'part')
+        held = [i for i in range(len(dataset)) if 'img_bytes' in dataset.get_data_info(i)]
+        assert held == list(range(rank, 60, 3))
+        for i in held[:3]:
+            assert dataset.get_data_info(i)['img_bytes'] == fileio.get(
+                dataset.get_data_info(i)['img_path'], backend_args=dict(backend='zip'))
+        parts.append(set(held))
+        sampler = SampleSeedSampler(dataset, shuffle=True, seed=5)
+        sampler.rank, sampler.world_size = rank, 3
+        sampler.num_samples, sampler.total_size = 20, 60
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            orders[rank, epoch] = [int(i) for i in sampler]
+            assert sorted(orders[rank, epoch]) == held
+        assert orders[rank, 0] != orders[rank, 1]
+    assert set.union(*parts) == set(range(60))
+    monkeypatch.setattr(layout, 'get_dist_info', lambda: (1, 3))
+    assert sum('img_bytes' in d for d in map(_cached(zipped, 'train', 'full').get_data_info,
+                                             range(60))) == 60
+    monkeypatch.setattr(layout, 'get_dist_info', lambda: (0, 1))
+    single = SampleSeedSampler(_cached(zipped, 'train', 'part'), shuffle=True, seed=5)
+    plain = SampleSeedSampler(_cached(zipped, 'train', None), shuffle=True, seed=5)
+    assert [(int(i), i.seed) for i in single] == [(int(i), i.seed) for i in plain]
+
+
+def test_shipped_loader_reads_the_cache_in_its_workers(zipped, tmp_path):
+    """configs/repvgg-a0.py's train loader as it stands (8 persistent forked workers,
+    224 px), cache_mode='part', one rank: the batches equal those read from the
+    archive -- and still do once the archive is gone (the workers read the cache)."""
+    from mmengine.config import Config
+
+    from repvgg_mm.engine.runner import RepVGGRunner
+    root = tmp_path / 'data'
+    shutil.copytree(zipped, root)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'repvgg-a0.py'))
+    batches = {}
+    for mode in (None, 'part'):
+        loader_cfg = cfg.train_dataloader.copy()
+        loader_cfg['dataset'] = dict(loader_cfg['dataset'], data_root=str(root),
+                                     cache_mode=mode)
+        loader = RepVGGRunner.build_dataloader(loader_cfg, seed=3)
+        assert loader.num_workers == 8 and loader.persistent_workers
+        if mode == 'part':
+            os.remove(root / 'train.zip')
+        batches[mode] = [(b['inputs'], [s.gt_label for s in b['data_samples']])
+                         for b in loader]
+        del loader
+    assert len(batches[None]) == len(batches['part']) == 2
+    for (x, y), (cx, cy) in zip(batches[None], batches['part']):
+        assert all(torch.equal(a, b) for a, b in zip(x, cx))
+        assert all(torch.equal(a, b) for a, b in zip(y, cy))

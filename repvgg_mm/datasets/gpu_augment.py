@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from repvgg_mm.datasets.loading import read_image_bytes
+from repvgg_mm.datasets.loading import checked_bytes, read_image_bytes
 from repvgg_mm.datasets.samplers import sample_seed
 
 # Columns of the per-sample metadata tensor of a packed batch.
@@ -121,9 +121,11 @@ def decode_on_cpu(data: bytes) -> torch.Tensor:
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
-def _read_one(path: str, backend_args: Optional[dict]) -> Tuple[bytes, Optional[tuple]]:
-    """The bytes of one file and its JPEG header (None: the GPU decoder cannot take it)."""
-    data = read_image_bytes(path, backend_args)
+def _read_one(path: str, backend_args: Optional[dict],
+              cached: Optional[bytes] = None) -> Tuple[bytes, Optional[tuple]]:
+    """The bytes of one file (``cached``: already read, by a data set's in-memory cache)
+    and its JPEG header (None: the GPU decoder cannot take it)."""
+    data = read_image_bytes(path, backend_args) if cached is None else checked_bytes(cached)
     header = jpeg_header(data)
     if header is not None and header[2] in (1, 3):  # grey or YCbCr/RGB: nvJPEG's
         return data, header
@@ -141,8 +143,10 @@ def _shareable_bytes(size: int) -> torch.Tensor:
 
 def read_batch(samples: List[Tuple[int, str, int]], epoch: int, seed: int,
                scale: Sequence[float], ratio: Sequence[float], flip_prob: float,
-               backend_args: Optional[dict] = None) -> dict:
-    """Everything a worker does for one batch of ``(index, path, label)``.
+               backend_args: Optional[dict] = None,
+               cached: Optional[Sequence[Optional[bytes]]] = None) -> dict:
+    """Everything a worker does for one batch of ``(index, path, label)`` (``cached``:
+    the samples' file bytes where the data set keeps them in memory, else None).
 
     Returns a packed batch: ``data`` (the bytes of every JPEG the GPU decoder takes, one
     uint8 tensor) with ``offsets`` (``data[offsets[k]:offsets[k + 1]]`` is row
@@ -158,7 +162,7 @@ def read_batch(samples: List[Tuple[int, str, int]], epoch: int, seed: int,
         paths.append(path)
         meta[row, :2] = index, label
         try:
-            data, header = _read_one(path, backend_args)
+            data, header = _read_one(path, backend_args, cached[row] if cached else None)
             if header is None:
                 image = decode_on_cpu(data)
                 height, width = image.shape[-2:]

@@ -48,12 +48,13 @@ class _BatchReader(Dataset):
 
     def __getitem__(self, key) -> dict:
         epoch, indices = key
-        samples = []
+        samples, cached = [], []
         for index in indices:
             info = self.dataset.get_data_info(index)
             samples.append((index, info['img_path'], int(info['gt_label'])))
+            cached.append(info.get('img_bytes'))  # cache_mode of the data set
         return read_batch(samples, epoch, self.seed, backend_args=self.backend_args,
-                          **self.params)
+                          cached=cached, **self.params)
 
 
 class _BatchKeys:

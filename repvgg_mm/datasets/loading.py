@@ -33,7 +33,12 @@ def read_image_bytes(path: str, backend_args: Optional[dict] = None) -> bytes:
     Raises:
         OSError: saying what is wrong with the file.
     """
-    data = fileio.get(path, backend_args=backend_args_for(path, backend_args))
+    return checked_bytes(fileio.get(path, backend_args=backend_args_for(path, backend_args)))
+
+
+def checked_bytes(data: bytes) -> bytes:
+    """``data`` if it is a whole image file; otherwise an ``OSError`` saying what is
+    wrong (empty, truncated)."""
     if not data:
         raise OSError('the file is empty (0 bytes)')
     if not image_is_complete(data):
@@ -42,12 +47,14 @@ def read_image_bytes(path: str, backend_args: Optional[dict] = None) -> bytes:
 
 
 def load_checked(path: str, decode: Callable[[bytes], Any], backend_args: Optional[dict],
-                 skip_broken: bool, step: str) -> Any:
+                 skip_broken: bool, step: str, cached: Optional[bytes] = None) -> Any:
     """Read and decode one image for a loading transform (``step``, named in the
     error): the decoded image, or None when it is broken and ``skip_broken`` (counted
-    for the epoch's report); otherwise an ``OSError`` naming the file."""
+    for the epoch's report); otherwise an ``OSError`` naming the file. ``cached``: the
+    file's bytes, already read (a data set's in-memory cache), checked the same way."""
     try:
-        return decode(read_image_bytes(path, backend_args))
+        return decode(read_image_bytes(path, backend_args) if cached is None
+                      else checked_bytes(cached))
     except Exception as exc:
         if skip_broken:
             count_skipped()
@@ -96,7 +103,7 @@ class LoadImageChecked(MMCVLoadImageFromFile):
 
     def transform(self, results: dict) -> Optional[dict]:
         img = load_checked(results['img_path'], self._decode, self.backend_args,
-                           self.skip_broken, 'LoadImageFromFile')
+                           self.skip_broken, 'LoadImageFromFile', results.get('img_bytes'))
         if img is None:
             return None
         if self.to_float32:

@@ -56,8 +56,32 @@ class SampleSeedSampler(DefaultSampler):
     before running its pipeline, so each sample's augmentation depends only on
     (seed, epoch, sample) -- the same with 0, 1 or 8 workers, persistent or not, on
     any number of ranks. Datasets that ignore the seed see plain ``int`` indices.
+
+    With a data set that caches each rank's part of the files in memory
+    (``cache_mode='part'`` of :class:`~repvgg_mm.datasets.ImageNetLayoutDataset`) and
+    ``shuffle=True``, each rank draws from its own fixed part in every epoch --
+    samples ``rank, rank + world_size, ...``, in an order reshuffled per epoch from
+    (seed, epoch), padded from its own part to the same length on every rank -- as the
+    original's ``SubsetRandomSampler`` does in that mode. One rank's part is then the
+    whole data set, so a single-process run samples exactly as without the cache.
     """
 
     def __iter__(self) -> Iterator[int]:
-        for index in super().__iter__():
+        for index in (self._part_indices() if self._fixed_parts() else super().__iter__()):
             yield SeededIndex(index, sample_seed(self.seed, self.epoch, int(index)))
+
+    def _fixed_parts(self) -> bool:
+        return self.shuffle and self.world_size > 1 and \
+            getattr(self.dataset, 'cache_mode', None) == 'part'
+
+    def _part_indices(self) -> list:
+        part = list(range(self.rank, len(self.dataset), self.world_size))
+        if not part:
+            raise ValueError(f"cache_mode='part': {len(self.dataset)} samples for "
+                             f'{self.world_size} ranks leave rank {self.rank} none')
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = [part[i] for i in torch.randperm(len(part), generator=generator).tolist()]
+        while len(order) < self.num_samples:  # equal lengths on every rank
+            order += order[:self.num_samples - len(order)]
+        return order[:self.num_samples]

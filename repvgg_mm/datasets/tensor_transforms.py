@@ -87,7 +87,7 @@ class LoadImageTensor(BaseTransform):
 
     def transform(self, results: dict) -> Optional[dict]:
         img = load_checked(results['img_path'], decode_to_tensor, self.backend_args,
-                           self.skip_broken, 'LoadImageTensor')
+                           self.skip_broken, 'LoadImageTensor', results.get('img_bytes'))
         if img is None:
             return None
         results['img'] = img

@@ -1,10 +1,12 @@
 """Hooks that keep runs honest: reproducible epochs, sane data, finite losses."""
+import logging
 import os.path as osp
 import random
 
 import numpy as np
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from repvgg_mm.registry import HOOKS
@@ -60,6 +62,24 @@ class DataModelCheckHook(Hook):
     def before_train(self, runner) -> None:
         self._check(runner, runner.train_dataloader)
         self._check_channel_order(runner, runner.train_dataloader)
+        self._check_cache_sampler(runner.train_dataloader)
+
+    @staticmethod
+    def _check_cache_sampler(dataloader) -> None:
+        """``cache_mode='part'`` keeps each rank's fixed part of the data in memory;
+        only :class:`~repvgg_mm.datasets.SampleSeedSampler` keeps a shuffling rank on
+        it -- another sampler works, but reads most files from disk again."""
+        from repvgg_mm.datasets import SampleSeedSampler
+        sampler = getattr(dataloader, 'sampler', None)
+        if getattr(getattr(dataloader, 'dataset', None), 'cache_mode', None) == 'part' \
+                and getattr(sampler, 'world_size', 1) > 1 \
+                and getattr(sampler, 'shuffle', False) \
+                and not isinstance(sampler, SampleSeedSampler):
+            print_log(f"cache_mode='part' keeps each rank's part of the training data in "
+                      f'memory, but the sampler {type(sampler).__name__} shuffles across '
+                      "ranks: most samples are read from the files again; use "
+                      "sampler=dict(type='SampleSeedSampler', shuffle=True)",
+                      logger='current', level=logging.WARNING)
 
     @staticmethod
     def _gives_rgb(dataloader) -> bool:
