@@ -185,3 +185,25 @@ def test_inferencer_takes_tensor_configs_from_paths_and_arrays(photos):
     for a, b in zip(by_path, by_array):
         assert a['pred_label'] == b['pred_label']
         assert np.abs(a['pred_scores'] - b['pred_scores']).max() < 0.02
+
+
+def test_one_cpu_decoder_for_every_format(photos):
+    """The CPU decoder both the tensor pipeline and the GPU-decoding loader's fallback
+    use: uint8 RGB ``(3, H, W)`` equal to PIL's conversion for a JPEG, a CMYK JPEG
+    (torchvision refuses it), an RGB PNG and a 16-bit greyscale PNG (torchvision gives
+    16 bits)."""
+    import io
+
+    from repvgg_mm.datasets.loading import decode_rgb_tensor
+    photo = _pil(photos[0])
+    grey16 = Image.fromarray((np.arange(48 * 64, dtype=np.uint16) * 13).reshape(48, 64))
+    cases = [(photo, 'JPEG'), (photo.convert('CMYK'), 'JPEG'), (photo, 'PNG'),
+             (grey16, 'PNG')]
+    for image, fmt in cases:
+        data = io.BytesIO()
+        image.save(data, format=fmt, quality=95)
+        out = decode_rgb_tensor(data.getvalue())
+        with Image.open(io.BytesIO(data.getvalue())) as reference:
+            expected = np.asarray(reference.convert('RGB'))
+        assert out.dtype == torch.uint8 and tuple(out.shape) == (3, *expected.shape[:2])
+        assert torch.equal(out.permute(1, 2, 0), torch.from_numpy(expected)), (fmt, image.mode)

@@ -82,7 +82,8 @@ def _train(config, data_root, work_dir, *extra):
 @pytest.mark.parametrize('config, extra, zip_extra', [
     (DEMO_CONFIG, ['train_dataloader.num_workers=1', 'train_dataloader.persistent_workers=True'],
      []),
-    (GPU_DEMO_CONFIG, ['train_dataloader.device=cpu'],
+    (GPU_DEMO_CONFIG, ['train_dataloader.device=cpu', 'train_dataloader.num_workers=2',
+                       'train_dataloader.persistent_workers=True'],  # the config's own
      ['train_dataloader.dataset.cache_mode=part'])], ids=['cpu-pipeline', 'gpu-loader-cached'])
 def test_training_from_the_archive_equals_training_from_the_folder(
         config, extra, zip_extra, tiny_data, zipped, tmp_path):
@@ -228,6 +229,22 @@ def test_cache_part_keeps_each_ranks_part_and_its_sampler_stays_on_it(zipped, mo
             assert sorted(orders[rank, epoch]) == held
         assert orders[rank, 0] != orders[rank, 1]
     assert set.union(*parts) == set(range(60))
+    monkeypatch.setattr(layout, 'get_dist_info', lambda: (6, 7))  # 8 of 60: padded to 9
+    sampler = SampleSeedSampler(_cached(zipped, 'train', 'part'), shuffle=True, seed=5)
+    sampler.rank, sampler.world_size, sampler.num_samples, sampler.total_size = 6, 7, 9, 63
+    order = [int(i) for i in sampler]
+    assert len(order) == 9 and set(order) == set(range(6, 60, 7))
+    from types import SimpleNamespace
+
+    import repvgg_mm.engine.hooks as hooks
+    messages = []
+    monkeypatch.setattr(hooks, 'print_log', lambda msg, **kw: messages.append(msg))
+    seeded = SampleSeedSampler.__new__(SampleSeedSampler)  # only its type matters here
+    for sampler in (SimpleNamespace(), seeded):  # a plain shuffling sampler, ours
+        sampler.world_size, sampler.shuffle = 2, True
+        hooks.DataModelCheckHook._check_cache_sampler(SimpleNamespace(
+            dataset=SimpleNamespace(cache_mode='part'), sampler=sampler))
+    assert len(messages) == 1 and 'shuffles across ranks' in messages[0]
     monkeypatch.setattr(layout, 'get_dist_info', lambda: (1, 3))
     assert sum('img_bytes' in d for d in map(_cached(zipped, 'train', 'full').get_data_info,
                                              range(60))) == 60

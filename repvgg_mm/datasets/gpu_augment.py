@@ -10,7 +10,6 @@ the decoder cannot take (decoded on the CPU instead) from a decoder that does no
 (an error), and crop-resize-flip with a fixed number of batch-wide operations.
 :mod:`repvgg_mm.datasets.gpu_loader` puts them together.
 """
-import io
 import math
 import random
 from typing import List, Optional, Sequence, Tuple
@@ -18,10 +17,10 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from PIL import UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
 
-from repvgg_mm.datasets.loading import checked_bytes, read_image_bytes
+from repvgg_mm.datasets.loading import checked_bytes, decode_rgb_tensor, read_image_bytes
 from repvgg_mm.datasets.samplers import sample_seed
 
 # Columns of the per-sample metadata tensor of a packed batch.
@@ -109,18 +108,6 @@ def broken_message(path: str, reason: str) -> str:
             'loader to skip such files)')
 
 
-def decode_on_cpu(data: bytes) -> torch.Tensor:
-    """Decode any image file to a ``(3, H, W)`` uint8 RGB tensor on the CPU:
-    torchvision's decoders, then PIL (CMYK JPEGs, other formats)."""
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                            mode=ImageReadMode.RGB)
-    except RuntimeError:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = np.asarray(img.convert('RGB'))
-        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
-
-
 def _read_one(path: str, backend_args: Optional[dict],
               cached: Optional[bytes] = None) -> Tuple[bytes, Optional[tuple]]:
     """The bytes of one file (``cached``: already read, by a data set's in-memory cache)
@@ -164,7 +151,7 @@ def read_batch(samples: List[Tuple[int, str, int]], epoch: int, seed: int,
         try:
             data, header = _read_one(path, backend_args, cached[row] if cached else None)
             if header is None:
-                image = decode_on_cpu(data)
+                image = decode_rgb_tensor(data)
                 height, width = image.shape[-2:]
             else:
                 height, width = header[:2]

@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 from repvgg_mm.datasets.gpu_augment import (
     broken_message,
     decode_jpegs,
-    decode_on_cpu,
     finish_batch,
     read_batch,
     resize_crop,
 )
+from repvgg_mm.datasets.loading import decode_rgb_tensor
 from repvgg_mm.registry import DATA_LOADERS, DATA_SAMPLERS, DATASETS
 
 # Above this fraction of an epoch's images decoded on the CPU, the loader warns: the
@@ -237,7 +237,7 @@ class GPUDecodeLoader:
                 continue
             if image is None:  # refused by the decoder: decode this one on the CPU
                 try:
-                    image = decode_on_cpu(view.numpy().tobytes())
+                    image = decode_rgb_tensor(view.numpy().tobytes())
                 except Exception as exc:
                     self._fail_or_skip(broken_message(meta_paths[row], str(exc)))
                     usable[row] = False

@@ -229,10 +229,13 @@ class ImageNetLayoutDataset(CustomDataset):
         start, step = (rank, world) if self.cache_mode == 'part' else (0, 1)
         at = np.full((len(self), 2), -1, dtype=np.int64)
         buffer, missed = bytearray(), 0
+        # read as the pipeline's loading step reads (its file backend, if it names one)
+        backend_args = next((t.backend_args for t in getattr(self.pipeline, 'transforms', [])
+                             if getattr(t, 'backend_args', None)), None)
         for index in range(start, len(self), step):
             path = super().get_data_info(index)['img_path']
             try:
-                data = fileio.get(path, backend_args=backend_args_for(path, None))
+                data = fileio.get(path, backend_args=backend_args_for(path, backend_args))
             except Exception:  # reported, or skipped, when the sample is loaded
                 missed += 1
                 continue

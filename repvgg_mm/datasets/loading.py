@@ -1,11 +1,15 @@
 """Image loading that never trains on a silently broken image."""
+import io
 import multiprocessing
 from typing import Any, Callable, Optional
 
 import mmcv
 import numpy as np
+import torch
 from mmcv.transforms import LoadImageFromFile as MMCVLoadImageFromFile
 from mmengine import fileio
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
 
 from repvgg_mm.registry import TRANSFORMS
 
@@ -24,6 +28,23 @@ def image_is_complete(data: bytes) -> bool:
     if data[:8] == b'\x89PNG\r\n\x1a\n':
         return b'IEND' in data[-12:]
     return True
+
+
+def decode_rgb_tensor(data: bytes) -> torch.Tensor:
+    """Decode an image file's bytes on the CPU to a ``(3, H, W)`` uint8 RGB tensor:
+    torchvision's decoders (libjpeg-turbo for JPEGs), PIL for what they refuse or give
+    in 16 bits (CMYK JPEGs, 16-bit PNGs, other formats). The tensor is a view of
+    ``H x W x 3`` memory, as decoded."""
+    try:
+        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                           mode=ImageReadMode.RGB)
+        if img.dtype == torch.uint8:  # 16-bit PNGs decode to uint16: PIL's 8 bits
+            return img
+    except RuntimeError:
+        pass
+    with Image.open(io.BytesIO(data)) as pil:
+        rgb = np.asarray(pil.convert('RGB'))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
 def read_image_bytes(path: str, backend_args: Optional[dict] = None) -> bytes:

@@ -18,7 +18,6 @@ and say so (``channel_order`` in the sample's meta information), which
 :class:`~repvgg_mm.models.OrderAwareClsDataPreprocessor` reads instead of flipping.
 EXIF orientation is not applied, as in the original PIL pipeline.
 """
-import io
 import random
 from typing import Optional, Sequence, Union
 
@@ -28,27 +27,11 @@ import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
 from mmpretrain.datasets.transforms import PackInputs as MMPretrainPackInputs
 from mmpretrain.datasets.transforms import RandomResizedCrop as MMPretrainRandomResizedCrop
-from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from repvgg_mm.registry import TRANSFORMS
 
 from .gpu_augment import random_resized_crop_box
-from .loading import load_checked
-
-
-def decode_to_tensor(data: bytes) -> torch.Tensor:
-    """A ``(3, H, W)`` uint8 RGB tensor: libjpeg-turbo through torchvision for JPEGs,
-    PIL for anything else (PNG, CMYK JPEGs)."""
-    if data[:2] == b'\xff\xd8':
-        try:
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                               mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # e.g. CMYK: PIL converts it
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = np.asarray(img.convert('RGB'))
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)  # H x W x 3 memory, as decoded
+from .loading import decode_rgb_tensor, load_checked
 
 
 def _resize(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -86,7 +69,7 @@ class LoadImageTensor(BaseTransform):
         self.backend_args = backend_args
 
     def transform(self, results: dict) -> Optional[dict]:
-        img = load_checked(results['img_path'], decode_to_tensor, self.backend_args,
+        img = load_checked(results['img_path'], decode_rgb_tensor, self.backend_args,
                            self.skip_broken, 'LoadImageTensor', results.get('img_bytes'))
         if img is None:
             return None
