@@ -42,7 +42,7 @@ clean:
 # OpenMMLab (pure-Python wheels, about 3.5 MB; never torch itself):
 #   make gpu-wheels && WHEELS=.whl tools/analysis/gpu_speed_check.sh
 GPU_WHEELS := mmengine==0.10.7 mmcv-lite==2.2.0 mmpretrain==1.2.0 addict yapf platformdirs \
-	termcolor mat4py modelindex model-index ordered-set importlib-metadata
+	termcolor mat4py modelindex model-index ordered-set importlib-metadata==8.7.0
 .PHONY: gpu-wheels
 gpu-wheels: $(STAMP)
 	$(VENV_PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

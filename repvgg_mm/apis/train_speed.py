@@ -7,7 +7,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
@@ -162,7 +162,9 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
                         iters: int = 20, warmup: int = 5, batch_size: Optional[int] = None,
                         num_workers: Optional[int] = None, amp: bool = False,
                         channels_last: bool = False, model_only: Sequence[bool] = (),
-                        rounds: int = 1, model_only_run: int = 0) -> List[dict]:
+                        rounds: int = 1, model_only_run: int = 0,
+                        report: Optional[Callable[[str, float], None]] = None
+                        ) -> List[dict]:
     """Training images/s of each run, measured in turn in this process.
 
     Args:
@@ -176,6 +178,8 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
             device.
         rounds: Measure every run this many times, taking turns (so that a drift of a
             shared machine hits all runs alike); the median round counts.
+        report: Called with ``(run, images/s)`` after each measurement, so that a
+            later run that fails (a compiler error, say) loses no earlier figure.
 
     Returns:
         list[dict]: ``run``, ``imgs_per_s`` (median), ``rounds_imgs_per_s``,
@@ -196,6 +200,8 @@ def compare_train_speed(runs: Sequence[Tuple[str, Config, bool]], data_root: str
             finally:
                 shutil.rmtree(work_dir, ignore_errors=True)
             speeds[k].append(images_per_round[k] / seconds)
+            if report is not None:
+                report(name, speeds[k][-1])
     results = []
     for k, (name, cfg, comp, fixed) in enumerate(plan):
         loader = cfg.train_dataloader

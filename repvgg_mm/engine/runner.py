@@ -211,6 +211,30 @@ class RepVGGRunner(Runner):
             runner.logger.info(resolved)
         return runner
 
+    def _maybe_compile(self, target: str) -> None:
+        """``compile`` compiles the network's modules, not MMEngine's ``train_step``.
+
+        MMEngine hands the whole ``train_step`` to ``torch.compile``: the optimizer
+        wrapper's context managers, autocast set-up and parameter update are traced
+        too, and Dynamo breaks on them (torch 2.11 on an H200 stopped in the first
+        step at MMEngine's version assert inside ``autocast``). The speed comes from
+        the convolutions, so the backbone, neck and head are compiled
+        (``nn.Module.compile``, which DDP's wrapped module uses as well); a model
+        without those parts is compiled whole. ``compile`` may be a dict of
+        ``torch.compile`` arguments.
+        """
+        compile_cfg = self.cfg.get('compile', None)
+        if not compile_cfg or target != 'train_step':
+            return
+        kwargs = {} if compile_cfg is True else dict(compile_cfg)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        names = [name for name in ('backbone', 'neck', 'head')
+                 if isinstance(getattr(model, name, None), torch.nn.Module)]
+        for part in [getattr(model, name) for name in names] or [model]:
+            part.compile(**kwargs)
+        self.logger.info(f"compile: {', '.join(names) or 'the model'} compiled with "
+                         'torch.compile; the first iterations are slow')
+
     @master_only  # as MMEngine's: only rank 0 writes
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         if not osp.isdir(out_dir):  # remote storage: leave it to MMEngine

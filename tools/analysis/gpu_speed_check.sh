@@ -13,16 +13,16 @@
 #      reference), configs/repvgg-a0.py's CPU pipeline, the GPU-decoding loader eager
 #      and with torch.compile, and the model alone on a batch already on the GPU.
 # Usage: [PYTHON=python3] [WHEELS=.whl] tools/analysis/gpu_speed_check.sh [DATA_ROOT]
-# Environment: IMAGES (12000: 40 batches of 256 per run), WORKERS (16), ITERS (30),
-# WARMUP (10; compilation happens there), SITE (/tmp/repvgg_mm_site).
+# Environment: IMAGES (7000: 27 batches of 256 per run), WORKERS (16), ITERS (20),
+# WARMUP (5; compilation happens there), SITE (/tmp/repvgg_mm_site).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 ROOT=${1:-data/synthetic_imagenet}
-IMAGES=${IMAGES:-12000}
+IMAGES=${IMAGES:-7000}
 WORKERS=${WORKERS:-16}
-ITERS=${ITERS:-30}
-WARMUP=${WARMUP:-10}
+ITERS=${ITERS:-20}
+WARMUP=${WARMUP:-5}
 SITE=${SITE:-/tmp/repvgg_mm_site}
 
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then

@@ -37,6 +37,8 @@ def main() -> int:
     args = parse_args()
     root = osp.abspath(args.root)
     parent = osp.dirname(root)
+    if not osp.exists(parent):  # as every tool: a missing output folder is created
+        os.makedirs(parent, exist_ok=True)
     if not osp.isdir(parent) or not os.access(parent, os.W_OK):
         raise OSError(f'cannot create {args.root!r}: {parent!r} is not a writable folder')
     if osp.exists(root) and (not osp.isdir(root) or os.listdir(root)):

@@ -70,7 +70,8 @@ def main() -> int:
         runs, args.data_root, iters=args.iters, warmup=args.warmup,
         batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, model_only=model_only,
-        rounds=args.rounds, model_only_run=len(reference))
+        rounds=args.rounds, model_only_run=len(reference),
+        report=lambda run, speed: print(f'measured {run}: {speed:.1f} images/s', flush=True))
     base = results[0]['imgs_per_s']
     width = max(len(r['run']) for r in results) + 2
     print(f"{'run':<{width}}{'images/s':>12}{'ratio':>8}")
