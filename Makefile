@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements/runtime.txt requirements/tests.txt requirements/deploy.txt setup.cfg pyproject.toml
+$(STAMP): requirements/runtime.txt requirements/tests.txt requirements/deploy.txt setup.cfg setup.py pyproject.toml
 	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install -r requirements/runtime.txt -r requirements/tests.txt \
 		-r requirements/deploy.txt

@@ -15,6 +15,10 @@ from mmpretrain.utils import register_all_modules  # noqa: E402
 register_all_modules(init_default_scope=False)
 
 from . import apis, checkpoints, cli, datasets, engine, models, registry  # noqa: E402,F401
+from .resources import install_config_resolver  # noqa: E402
+
+# `_base_ = ['repvgg_mm::repvgg-a0.py']` in a user's own config (repvgg_mm.resources)
+install_config_resolver()
 from .models import reparameterize_model  # noqa: E402
 
 __version__ = '0.1.0'

@@ -22,8 +22,9 @@ class ConfigError(ValueError):
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Read a config file and apply ``--cfg-options`` overrides. ``PACKAGE::PATH``
-    (MMEngine's notation, e.g. ``mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py``) reads a
-    config shipped inside an installed OpenMMLab package.
+    (MMEngine's notation: ``repvgg_mm::repvgg-a0.py``,
+    ``mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py``) reads a config shipped inside an
+    installed OpenMMLab package (or this checkout's ``configs/``).
 
     Raises:
         ConfigError: naming the file, when it does not exist or does not parse.
@@ -44,16 +45,20 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
 
 
 def package_config_path(path: str) -> str:
-    """The file behind ``PACKAGE::PATH``: ``PATH`` below the configs an OpenMMLab
-    package installs (``<package>/.mim/configs``); any other path as it is."""
+    """The file behind ``PACKAGE::PATH`` (:mod:`repvgg_mm.resources`): ``PATH`` below
+    the configs an OpenMMLab package ships; any other path as it is.
+
+    Raises:
+        ConfigError: naming the config and the nearest shipped ones, or the package
+            when it is not installed.
+    """
     if '::' not in path:
         return path
-    import importlib.util
-    package, relative = path.split('::', 1)
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f'config {path!r}: the package {package!r} is not installed')
-    return osp.join(list(spec.submodule_search_locations)[0], '.mim', 'configs', relative)
+    from repvgg_mm.resources import resolve_package_config
+    try:
+        return resolve_package_config(path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 _MISSING = object()

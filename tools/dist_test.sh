@@ -5,7 +5,7 @@ set -euo pipefail
 usage() { echo "usage: tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options]" >&2; echo "$(basename "$0"): error: $1" >&2; exit 2; }
 [ $# -ge 3 ] || usage "expected at least 3 arguments, got $#"
 [[ "${3}" =~ ^[1-9][0-9]*$ ]] || usage "GPUS must be a positive integer (the number of processes), got '${3}'"
-[ -f "$1" ] || usage "config file '$1' does not exist"
+[[ "$1" == *::* ]] || [ -f "$1" ] || usage "config file '$1' does not exist"
 [ -f "$2" ] || usage "checkpoint '$2' does not exist"
 CONFIG=$1
 CHECKPOINT=$2

@@ -5,7 +5,7 @@ set -euo pipefail
 usage() { echo "usage: tools/dist_train.sh CONFIG GPUS [train.py options]" >&2; echo "$(basename "$0"): error: $1" >&2; exit 2; }
 [ $# -ge 2 ] || usage "expected at least 2 arguments, got $#"
 [[ "${2}" =~ ^[1-9][0-9]*$ ]] || usage "GPUS must be a positive integer (the number of processes), got '${2}'"
-[ -f "$1" ] || usage "config file '$1' does not exist"
+[[ "$1" == *::* ]] || [ -f "$1" ] || usage "config file '$1' does not exist"
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}

@@ -6,7 +6,7 @@ set -euo pipefail
 usage() { echo "usage: tools/slurm_train.sh PARTITION JOB_NAME CONFIG [GPUS] [train.py options]" >&2; echo "$(basename "$0"): error: $1" >&2; exit 2; }
 [ $# -ge 3 ] || usage "expected at least 3 arguments, got $#"
 [ $# -lt 4 ] || [[ "$4" =~ ^[1-9][0-9]*$ ]] || usage "GPUS must be a positive integer, got '$4'"
-[ -f "$3" ] || usage "config file '$3' does not exist"
+[[ "$3" == *::* ]] || [ -f "$3" ] || usage "config file '$3' does not exist"
 PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3

@@ -16,7 +16,7 @@ from typing import List, Optional, Union
 import torch.nn as nn
 from mmengine.config import Config
 
-from repvgg_mm.checkpoints.zoo import REPO_ROOT, model_index, published_url
+from repvgg_mm.checkpoints.zoo import model_index, published_url
 
 from .model import (
     build_model,
@@ -67,7 +67,7 @@ def _resolve(name_or_config: Union[str, Config]) -> tuple:
             f'known: {", ".join(sorted(index))}'
         raise ValueError(f'unknown model name {name_or_config!r} (neither a zoo name nor '
                          f'a config file); {hint}')
-    cfg = copy.deepcopy(_zoo_config(osp.join(REPO_ROOT, entry['Config'])))
+    cfg = copy.deepcopy(_zoo_config(entry['config_path']))
     return cfg, bool(entry.get('Metadata', {}).get('Deploy', False))
 
 

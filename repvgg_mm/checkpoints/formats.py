@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from repvgg_mm.models.backbones.repvgg import stage_widths
 from repvgg_mm.models.necks.aux_neck import AUX_NAMES
+from repvgg_mm.registry import WEIGHT_INITIALIZERS
 
 from .io import CheckpointError, load_state_dict_strict
 
@@ -266,3 +267,30 @@ def load_pretrained_into(module: nn.Module, checkpoint: str, prefix: str = 'back
         raise CheckpointError(f'{exc}; {arch_hint(state_dict)}') from exc
     return len(part)
 
+
+
+@WEIGHT_INITIALIZERS.register_module(name='Pretrained')
+class SafePretrainedInit:
+    """``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` in the
+    ``repvgg_mm`` scope: :func:`load_pretrained_into` in place of MMEngine's
+    ``PretrainedInit`` -- read safely, from any key format, strictly; ``checkpoint``
+    may be a file, a URL or a zoo name. Modules name it ``repvgg_mm.Pretrained`` to get
+    it under any default scope (a detector's or a segmentor's).
+
+    Args:
+        checkpoint: A file, an ``http(s)://`` URL or a zoo name with published weights.
+        prefix: Where the module's weights sit in the converted checkpoint. Defaults
+            to ``'backbone.'`` (a backbone from a classifier's checkpoint).
+        map_location: Accepted for MMEngine's signature; weights are read on the CPU.
+    """
+
+    def __init__(self, checkpoint: str, prefix: str = 'backbone.',
+                 map_location: str = 'cpu') -> None:
+        self.checkpoint = checkpoint
+        self.prefix = prefix or 'backbone.'
+
+    def __call__(self, module: nn.Module) -> None:
+        load_pretrained_into(module, self.checkpoint, self.prefix)
+
+    def _get_init_info(self) -> str:
+        return f'{type(self).__name__}: load from {self.checkpoint} [{self.prefix}*]'

@@ -29,9 +29,7 @@ import yaml
 from mmengine.logging import print_log
 
 from repvgg_mm.fileio import atomic_path
-
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')
+from repvgg_mm.resources import config_root
 
 # `name-<hash prefix>.<ext>`: at least 8 hex digits (torch.hub and MMEngine write 8)
 _HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.[A-Za-z0-9]+$')
@@ -43,16 +41,18 @@ class DownloadError(RuntimeError):
 
 
 def _metafiles() -> List[str]:
-    files = sorted(glob.glob(osp.join(CONFIG_ROOT, '**', 'metafile.yml'), recursive=True))
+    root = config_root()  # the clone's configs/ or the installed package's .mim/configs
+    files = sorted(glob.glob(osp.join(root, '**', 'metafile.yml'), recursive=True))
     if not files:
-        raise FileNotFoundError(
-            f'no metafile.yml under {CONFIG_ROOT!r}: the model zoo needs the repository '
-            'checkout (pip install -e . from a clone)')
+        raise FileNotFoundError(f'no metafile.yml under {root!r}: the model zoo index is '
+                                'missing from this installation of repvgg_mm')
     return files
 
 
 def model_index() -> Dict[str, dict]:
-    """Every model entry of the metafiles, by lower-case name."""
+    """Every model entry of the metafiles, by lower-case name; ``config_path`` is the
+    entry's ``Config`` (``configs/...``, relative to the repository as in MMPretrain's
+    metafiles) in this installation."""
     index: Dict[str, dict] = {}
     for path in _metafiles():
         with open(path) as f:
@@ -63,7 +63,11 @@ def model_index() -> Dict[str, dict]:
                 raise ValueError(f'{path}: every model needs a Name and a Config, got {entry}')
             if name.lower() in index:
                 raise ValueError(f'{path}: model {name!r} is listed twice')
-            index[name.lower()] = dict(entry, metafile=path)
+            relative = entry['Config']
+            if relative.startswith('configs/'):
+                relative = relative[len('configs/'):]
+            index[name.lower()] = dict(entry, metafile=path,
+                                       config_path=osp.join(config_root(), relative))
     return index
 
 

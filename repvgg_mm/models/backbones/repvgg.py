@@ -3,6 +3,7 @@ variants, and D2se."""
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
+from mmengine.model.weight_init import initialize
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -181,14 +182,16 @@ class RepVGG(BaseBackbone):
 
     def init_weights(self) -> None:
         """MMEngine's initialisation, except that ``init_cfg=dict(type='Pretrained',
-        checkpoint=..., prefix='backbone.')`` is loaded through the project's checkpoint
-        reader: safely (no pickled code runs), from any known key format (ours, the
-        original's, MMPretrain's, timm's), strictly (a checkpoint of another arch is an
-        error, not a silent partial load), and ``checkpoint`` may be a file, a URL or a
-        zoo name with published weights (``'repvgg-a0'``). ``prefix`` defaults to
-        ``'backbone.'``."""
+        checkpoint=..., prefix='backbone.')`` is loaded by the ``repvgg_mm.Pretrained``
+        initializer (``repvgg_mm.checkpoints``): safely (no pickled code runs), from any
+        known key format (ours, the original's, MMPretrain's, timm's), strictly (a
+        checkpoint of another arch is an error, not a silent partial load), and
+        ``checkpoint`` may be a file, a URL or a zoo name with published weights
+        (``'repvgg-a0'``). ``prefix`` defaults to ``'backbone.'``. Loaded weights are
+        never overwritten by ``identity_init``."""
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
+        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') in
+                      ('Pretrained', 'repvgg_mm.Pretrained')]
         if not pretrained:
             super().init_weights()
             self._apply_identity_init()
@@ -199,12 +202,11 @@ class RepVGG(BaseBackbone):
             super().init_weights()
         finally:
             self.init_cfg = saved
-        # lazily: the checkpoint code knows our modules
-        from repvgg_mm.checkpoints import load_pretrained_into
-        for cfg in pretrained:  # identity_init never overwrites loaded weights
+        for cfg in pretrained:  # after the others, as MMEngine orders Pretrained
             if 'checkpoint' not in cfg:
                 raise KeyError(f"init_cfg {cfg} has no 'checkpoint' (a file, URL or zoo name)")
-            load_pretrained_into(self, cfg['checkpoint'], cfg.get('prefix') or 'backbone.')
+            # scoped: ours under any default scope (a detector's, a segmentor's)
+            initialize(self, dict(cfg, type='repvgg_mm.Pretrained'))
 
     def _stage_layout(self, widths: List[int], strides: Sequence[int],
                       dilations: Sequence[int]) -> List[tuple]:
