@@ -111,6 +111,16 @@ def test_wheel_from_another_folder(installed_wheel, tiny_data, tmp_path):
          cwd=str(user), env=env)
     assert (user / 'fused.pth').is_file() and (user / 'fused.py').is_file()
 
+    # weights from a file by pretrained=, and inference, from the installed package
+    image = glob.glob(osp.join(tiny_data, 'val', '*', '*.JPEG'))[0]
+    result = _run([sys.executable, '-c', (
+        'from repvgg_mm.apis import get_model, inference_model\n'
+        f"m = get_model('my_a0.py', pretrained={str(work_dir / 'epoch_1.pth')!r})\n"
+        f"r = inference_model(m, {image!r})\n"
+        "print(r['pred_label'], len(r['pred_scores']))\n")],
+        cwd=str(user), env=env).stdout.split()
+    assert 0 <= int(result[0]) < 10 and result[1] == '10'
+
     listing = _run([entry], cwd=str(user), env=env, check=False)
     assert listing.returncode == 2 and '  train ' in listing.stderr
     bad = _run([entry, 'trian'], cwd=str(user), env=env, check=False)
