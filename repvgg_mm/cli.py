@@ -169,13 +169,29 @@ def explain_out_of_memory(exc: BaseException, cfg: Config) -> RuntimeError:
         f'e.g. --cfg-options train_dataloader.batch_size={max(1, batch // 2)} (the '
         'learning rate follows the batch automatically)')
 
+_WORKER_TRACEBACK = 'Original Traceback (most recent call last):\n'
+
+
+def worker_error_line(text: str) -> Optional[str]:
+    """The ``Type: message`` line of an exception that torch's DataLoader re-raised
+    from a worker process ("Caught OSError in DataLoader worker process 0. Original
+    Traceback ..."), or None for any other text: the same line the error gives without
+    workers."""
+    if not text.startswith('Caught ') or _WORKER_TRACEBACK not in text:
+        return None
+    lines = text.rsplit(_WORKER_TRACEBACK, 1)[1].rstrip('\n').splitlines()
+    last_frame = max((i for i, ln in enumerate(lines) if ln.startswith(' ')), default=-1)
+    return ' '.join(ln.strip() for ln in lines[last_frame + 1:]) or None
+
+
 def error_message(exc: BaseException) -> str:
-    """One readable line for ``exc`` (KeyError's repr-quoting removed)."""
+    """One readable line for ``exc`` (KeyError's repr-quoting removed; an error raised in
+    a data-loader worker as the worker raised it)."""
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = str(exc.args[0])
     else:
         text = str(exc)
-    return f'{type(exc).__name__}: {text}'
+    return worker_error_line(text) or f'{type(exc).__name__}: {text}'
 
 
 class Interrupted(KeyboardInterrupt):

@@ -12,6 +12,7 @@ from conftest import DEMO_CONFIG, ROOT, python_tool, tiny_options, tool_in_proce
 from mmengine import fileio
 
 from repvgg_mm.datasets import ImageNetLayoutDataset
+from repvgg_mm.datasets.loading import take_skipped_count
 from repvgg_mm.datasets.zip_backend import ZipArchiveError
 
 GPU_DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'repvgg-a0_gpudecode_demo.py')
@@ -133,7 +134,9 @@ def test_damaged_archives_are_named(zipped, tmp_path):
     assert first.endswith(zipfile.ZipFile(osp.join(crc, 'val.zip')).infolist()[0].filename)
     skipping = ImageNetLayoutDataset(data_root=crc, split='val', pipeline=[
         dict(type='LoadImageFromFile', skip_broken=True)])
+    take_skipped_count()
     assert skipping.pipeline(dict(skipping.get_data_info(0))) is None  # skipped, counted
+    assert take_skipped_count() == 1
 
 
 def test_member_names_leading_outside_are_refused(tmp_path):

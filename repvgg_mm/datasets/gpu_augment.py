@@ -44,16 +44,18 @@ def draw_crop_and_flip(height: int, width: int, scale: Sequence[float],
 
 
 def random_resized_crop_box(height: int, width: int, scale: Sequence[float],
-                            ratio: Sequence[float], rng=random) -> Tuple[int, int, int, int]:
+                            ratio: Sequence[float], rng=random,
+                            attempts: int = 10) -> Tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random-resized crop, step for step as torchvision's
-    ``RandomResizedCrop.get_params`` and MMPretrain's ``rand_crop_params``: up to 10
-    draws of an area fraction uniform in ``scale`` and an aspect ratio log-uniform in
-    ``ratio``, the first box that fits placed uniformly, else the centre crop with the
-    aspect ratio clamped. ``rng`` draws (``uniform``, ``randrange``): a seeded
-    ``random.Random``, or the ``random`` module (seeded per sample in training)."""
+    ``RandomResizedCrop.get_params`` and MMPretrain's ``rand_crop_params``: up to
+    ``attempts`` (10, as theirs) draws of an area fraction uniform in ``scale`` and an
+    aspect ratio log-uniform in ``ratio``, the first box that fits placed uniformly,
+    else the centre crop with the aspect ratio clamped. ``rng`` draws (``uniform``,
+    ``randrange``): a seeded ``random.Random``, or the ``random`` module (seeded per
+    sample in training)."""
     area = height * width
     log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
+    for _ in range(attempts):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_low, log_high))
         w = int(round(math.sqrt(target_area * aspect)))

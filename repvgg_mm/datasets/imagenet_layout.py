@@ -2,7 +2,9 @@
 import codecs
 import os
 import os.path as osp
-from typing import List, Optional, Tuple
+import pickle
+from array import array
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from mmengine import fileio
@@ -13,9 +15,40 @@ from mmpretrain.datasets import CustomDataset
 from repvgg_mm.registry import DATASETS
 
 from .samplers import seed_everything
-from .zip_backend import ZipBackend, backend_args_for, is_zip_path, list_members
+from .zip_backend import (
+    archive_index,
+    backend_args_for,
+    is_zip_path,
+    list_members,
+    split_zip_path,
+)
 
 CACHE_MODES = (None, 'part', 'full')
+# Listed zip members are looked up in chunks of this many lines (bounded memory).
+_CHECK_CHUNK = 65536
+# The largest in-memory cache a data-loader worker started by spawn/forkserver may copy.
+SPAWN_CACHE_LIMIT = 256 * 2**20
+
+
+def read_text_lines(path: str) -> Iterator[Tuple[int, str]]:
+    """``(line number, text)`` of a list or map file: UTF-8 (a byte-order mark at the
+    start accepted, as some editors write it), line ends removed.
+
+    Raises:
+        ValueError: naming the file, the line and the column of a byte that is not
+            UTF-8.
+    """
+    with open(path, 'rb') as f:
+        raw_lines = f.read().splitlines()
+    for number, raw in enumerate(raw_lines, 1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        try:
+            yield number, raw.decode('utf-8')
+        except UnicodeDecodeError as exc:
+            raise ValueError(f'{path}:{number}: not UTF-8 text (byte '
+                             f'{raw[exc.start:exc.start + 1]!r} at column '
+                             f'{exc.start + 1})') from None
 
 
 def expected_layout(split: str) -> str:
@@ -86,7 +119,8 @@ class ImageNetLayoutDataset(CustomDataset):
             raise FileNotFoundError(f'data root {data_root!r} does not exist or is not a '
                                     f'directory; expected the layout {expected_layout(split)}')
         self.split = split
-        self.archive = self.map_file = None
+        self.archive = self.map_file = self._listed_from = self._path_base = None
+        self._labels: Optional[np.ndarray] = None
         archive = osp.join(data_root, f'{split}.zip')
         if list_file is None and osp.isfile(osp.join(data_root, f'{split}_list.txt')):
             list_file = f'{split}_list.txt'
@@ -127,24 +161,27 @@ class ImageNetLayoutDataset(CustomDataset):
                                  'images')
 
     def load_data_list(self) -> List[dict]:
+        if self.archive is None and not self.ann_file:
+            return super().load_data_list()  # class folders: MMPretrain's scan
+        return list(self._listed_records())
+
+    def _listed_records(self) -> Iterator[dict]:
+        """The samples of a list file, a map file or an archive's class folders, one
+        at a time. ``img_path`` is relative to ``self._path_base`` (joined again by
+        :meth:`get_data_info`) and ``list_line`` is a line number: at 1.28 M samples
+        every byte per sample counts on every rank."""
         if self.archive is not None:
-            return self._zip_data_list()
-        if not self.ann_file:
-            return super().load_data_list()
-        data_list = []
-        zip_members = ZipBackend()
+            self._path_base = self.archive + '@/'
+            yield from (self._map_file_records() if self.map_file is not None
+                        else self._class_folder_records())
+            return
+        self._listed_from = self.ann_file
+        self._path_base = self.img_prefix
         root = osp.normpath(osp.abspath(self.data_root))
-        with open(self.ann_file, 'rb') as f:
-            raw_lines = f.read().splitlines()
-        for number, raw in enumerate(raw_lines, 1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]  # written by some editors
-            try:
-                line = raw.decode('utf-8').strip()
-            except UnicodeDecodeError as exc:
-                raise ValueError(f'{self.ann_file}:{number}: not UTF-8 text (byte '
-                                 f'{raw[exc.start:exc.start + 1]!r} at column '
-                                 f'{exc.start + 1})') from None
+        pending: dict = {}  # archive -> [(member, line)]: checked in chunks, together
+        listed = 0
+        for number, line in read_text_lines(self.ann_file):
+            line = line.strip()
             if not line:
                 continue
             parts = line.rsplit(' ', 1)
@@ -159,47 +196,69 @@ class ImageNetLayoutDataset(CustomDataset):
             if label < 0:
                 raise ValueError(f'{where}: label {label} is negative')
             img_path = osp.join(self.img_prefix, path)
-            if not self.allow_outside_root and osp.commonpath(
-                    [root, osp.normpath(osp.abspath(img_path))]) != root:
+            # only a path that is absolute or climbs ('..') can lead outside the root
+            if not self.allow_outside_root and (osp.isabs(path) or '..' in path) and \
+                    osp.commonpath([root, osp.normpath(osp.abspath(img_path))]) != root:
                 raise ValueError(f'{where}: image {path!r} lies outside the data root '
                                  f'{self.data_root!r}; set allow_outside_root=True in the '
                                  'dataset config to accept such paths')
-            if self.check_files and not (zip_members.exists(img_path) if is_zip_path(img_path)
-                                         else osp.isfile(img_path)):
-                raise FileNotFoundError(f'{where}: image {img_path!r} does not exist')
-            data_list.append(dict(img_path=img_path, gt_label=label, list_line=where))
-        if not data_list:
+            if self.check_files:
+                if is_zip_path(img_path):
+                    archive, member = split_zip_path(img_path)
+                    members = pending.setdefault(archive, [])
+                    members.append((member, number))
+                    if len(members) >= _CHECK_CHUNK:
+                        self._check_members(archive, pending.pop(archive))
+                elif not osp.isfile(img_path):
+                    raise FileNotFoundError(f'{where}: image {img_path!r} does not exist')
+            listed += 1
+            yield dict(img_path=path, gt_label=label, list_line=number)
+        for archive, members in pending.items():
+            self._check_members(archive, members)
+        if not listed:
             raise ValueError(f'list file {self.ann_file!r} lists no images')
-        return data_list
 
-    def _zip_data_list(self) -> List[dict]:
-        """The samples of ``<split>.zip``: listed by the original's map file, or its
-        class folders (sorted, as on disk)."""
-        members = list_members(self.archive)  # refuses names leading outside it
-        prefix = self.archive + '@/'
-        if self.map_file is not None:
-            known, data_list = set(members), []
-            with open(self.map_file, encoding='utf-8') as f:
-                for number, line in enumerate(f, 1):
-                    where = f'{self.map_file}:{number}'
-                    if not line.strip():
-                        continue
-                    parts = line.rstrip('\n').split('\t')
-                    if len(parts) != 2 or not parts[1].strip().lstrip('-').isdigit():
-                        raise ValueError(f'{where}: expected "<member path>\\t<integer '
-                                         f'label>", got {line.strip()!r}')
-                    member, label = parts[0].strip(), int(parts[1])
-                    if label < 0:
-                        raise ValueError(f'{where}: label {label} is negative')
-                    if member not in known:
-                        raise FileNotFoundError(f'{where}: {self.archive} has no member '
-                                                f'{member!r}')
-                    data_list.append(dict(img_path=prefix + member, gt_label=label,
-                                          list_line=where))
-            if not data_list:
-                raise ValueError(f'map file {self.map_file!r} lists no images')
-            return data_list
-        images = [m for m in members if '/' in m and self.is_valid_file(m)]
+    def _check_members(self, archive: str, members: List[Tuple[str, int]]) -> None:
+        found = archive_index(archive).find_many([m for m, _ in members])
+        missing = np.flatnonzero(found < 0)
+        if len(missing):
+            member, number = members[int(missing[0])]
+            raise FileNotFoundError(
+                f'{self._listed_from}:{number}: image {archive + "@/" + member!r} does not '
+                f'exist ({archive} has no member {member!r}; {len(missing)} of these '
+                f'{len(members)} listed members are missing)')
+
+    def _map_file_records(self) -> Iterator[dict]:
+        """The original's ``<split>_map.txt``: lines ``<member>\t<label>``, read with the
+        list files' rules (UTF-8, a BOM accepted, errors naming file and line)."""
+        archive_index(self.archive)  # names leading outside the archive are refused
+        self._listed_from = self.map_file
+        pending, listed = [], 0
+        for number, line in read_text_lines(self.map_file):
+            where = f'{self.map_file}:{number}'
+            if not line.strip():
+                continue
+            parts = line.split('\t')
+            if len(parts) != 2 or not parts[1].strip().lstrip('-').isdigit():
+                raise ValueError(f'{where}: expected "<member path>\\t<integer '
+                                 f'label>", got {line.strip()!r}')
+            member, label = parts[0].strip(), int(parts[1])
+            if label < 0:
+                raise ValueError(f'{where}: label {label} is negative')
+            pending.append((member, number))
+            if len(pending) >= _CHECK_CHUNK:
+                self._check_members(self.archive, pending)
+                pending = []
+            listed += 1
+            yield dict(img_path=member, gt_label=label, list_line=number)
+        self._check_members(self.archive, pending)
+        if not listed:
+            raise ValueError(f'map file {self.map_file!r} lists no images')
+
+    def _class_folder_records(self) -> Iterator[dict]:
+        """``<split>.zip``'s class folders (sorted, as on disk)."""
+        images = [m for m in list_members(self.archive)
+                  if '/' in m and self.is_valid_file(m)]
         classes = sorted({m.split('/', 1)[0] for m in images})
         if not classes:
             raise ValueError(f'{self.archive} holds no <class folder>/<image> members '
@@ -211,20 +270,50 @@ class ImageNetLayoutDataset(CustomDataset):
         if self.CLASSES is None:
             self._metainfo['classes'] = tuple(classes)
         index = {name: i for i, name in enumerate(classes)}
-        return [dict(img_path=prefix + m, gt_label=index[m.split('/', 1)[0]])
-                for m in sorted(images)]
+        images.sort()
+        for m in images:
+            yield dict(img_path=m, gt_label=index[m.split('/', 1)[0]])
 
     def full_init(self) -> None:
+        """MMEngine's, except that listed samples (a list file, a map file, an
+        archive) go straight into the serialized buffer, one at a time -- no list of
+        1.28 M dicts, no array per sample -- with their labels kept as one array."""
         if self._fully_initialized:
             return
-        super().full_init()
+        if (self.archive is not None or self.ann_file) and self.serialize_data and \
+                self._indices is None:
+            labels = array('q')
+
+            def records() -> Iterator[dict]:
+                for record in self._listed_records():
+                    labels.append(record['gt_label'])
+                    yield record
+            self.data_bytes, self.data_address = _pack_records(records())
+            self.data_list = []
+            self._labels = np.frombuffer(labels, dtype=np.int64)
+            self._fully_initialized = True
+        else:
+            super().full_init()
         if self.cache_mode is not None:
             self._fill_cache()
 
+    def _serialize_data(self) -> Tuple[np.ndarray, np.ndarray]:
+        """MMEngine's serialization into one buffer, without an array per sample."""
+        packed = _pack_records(self.data_list)
+        self.data_list.clear()
+        return packed
+
+    def get_gt_labels(self) -> np.ndarray:
+        """Every sample's label (from the array kept when listed: no per-sample
+        decoding at 1.28 M samples)."""
+        if self._labels is not None:
+            return self._labels.copy()
+        return super().get_gt_labels()
+
     def _fill_cache(self) -> None:
         """Read this rank's share of the files (all of them for ``'full'``) into one
-        buffer; ``_cache_at[i]`` is sample i's (offset, length), length -1 if not
-        cached."""
+        buffer; ``_cache_at[i]`` is sample i's (offset, length); length -1 for a sample
+        of another rank's part, -2 for one of this part that could not be read now."""
         rank, world = get_dist_info()
         start, step = (rank, world) if self.cache_mode == 'part' else (0, 1)
         at = np.full((len(self), 2), -1, dtype=np.int64)
@@ -233,11 +322,12 @@ class ImageNetLayoutDataset(CustomDataset):
         backend_args = next((t.backend_args for t in getattr(self.pipeline, 'transforms', [])
                              if getattr(t, 'backend_args', None)), None)
         for index in range(start, len(self), step):
-            path = super().get_data_info(index)['img_path']
+            path = self._record(index)['img_path']
             try:
                 data = fileio.get(path, backend_args=backend_args_for(path, backend_args))
             except Exception:  # reported, or skipped, when the sample is loaded
                 missed += 1
+                at[index, 1] = -2
                 continue
             at[index] = len(buffer), len(data)
             buffer += data
@@ -251,9 +341,76 @@ class ImageNetLayoutDataset(CustomDataset):
                   + (f'; {missed} could not be read now and will be read when used'
                      if missed else ''), logger='current')
 
+    def part_indices(self) -> List[int]:
+        """The samples of this rank's cached part (``cache_mode='part'``; all samples
+        otherwise), read or not: what :class:`SampleSeedSampler` draws from."""
+        if self._cache_at is None:
+            return list(range(len(self)))
+        return np.flatnonzero(self._cache_at[:, 1] != -1).tolist()
+
+    def _subset_rows(self, indices) -> np.ndarray:
+        rows = np.arange(len(self))
+        if isinstance(indices, int):  # MMEngine's meaning: the first / last |n|
+            return rows[:indices] if indices >= 0 else rows[indices:]
+        return rows[np.asarray(indices, dtype=np.int64)]
+
+    def get_subset_(self, indices) -> None:
+        """MMEngine's in-place subset; a cached sample keeps its bytes."""
+        self.full_init()
+        rows = self._subset_rows(indices)
+        super().get_subset_(indices)
+        self._take_rows(self, rows)
+
+    def get_subset(self, indices) -> 'ImageNetLayoutDataset':
+        """MMEngine's subset; a cached sample keeps its bytes, and the subset shares
+        the cache buffer (read-only) instead of copying it."""
+        self.full_init()
+        rows = self._subset_rows(indices)
+        subset = super().get_subset(indices)
+        self._take_rows(subset, rows)
+        return subset
+
+    def _take_rows(self, subset: 'ImageNetLayoutDataset', rows: np.ndarray) -> None:
+        """The per-sample arrays of ``subset``: this data set's ``rows``."""
+        if self._cache_at is not None:
+            subset._cache_at = self._cache_at[rows]
+        if self._labels is not None:
+            subset._labels = self._labels[rows]
+
+    def _copy_without_annotation(self, memo=None) -> 'ImageNetLayoutDataset':
+        memo = {} if memo is None else memo  # MMEngine's default dict is shared
+        if self._cache is not None:
+            memo[id(self._cache)] = self._cache  # shared, never written
+        return super()._copy_without_annotation(memo)
+
+    def __getstate__(self) -> dict:
+        """Pickled for a worker started by spawn or forkserver (a fork shares the
+        cache instead): refused, in one line, for a cache above
+        ``SPAWN_CACHE_LIMIT``, which would be copied into every worker."""
+        from multiprocessing.context import get_spawning_popen
+        state = dict(self.__dict__)
+        size = 0 if self._cache is None else self._cache.nbytes
+        if get_spawning_popen() is not None and size > SPAWN_CACHE_LIMIT:
+            raise RuntimeError(
+                f'cache_mode={self.cache_mode!r} holds {size / 2**20:.0f} MiB of images, '
+                'which a data-loader worker started by spawn or forkserver would copy '
+                f'(more than {SPAWN_CACHE_LIMIT // 2**20} MiB); use '
+                "multiprocessing_context='fork' on the loader (the shipped configs do) "
+                'or no cache_mode')
+        return state
+
+    def _record(self, idx: int) -> dict:
+        """MMEngine's record of sample ``idx``, its path and list line spelled out."""
+        info = super().get_data_info(idx)
+        if self._path_base is not None:  # stored relative (see _listed_records)
+            info['img_path'] = osp.join(self._path_base, info['img_path'])
+        if isinstance(info.get('list_line'), int):  # stored as a number
+            info['list_line'] = f"{self._listed_from}:{info['list_line']}"
+        return info
+
     def get_data_info(self, idx: int) -> dict:
         """MMEngine's, plus ``img_bytes`` (the file's bytes) for a cached sample."""
-        info = super().get_data_info(idx)
+        info = self._record(idx)
         if self._cache_at is not None:
             offset, length = self._cache_at[idx]
             if length >= 0:
@@ -269,6 +426,16 @@ class ImageNetLayoutDataset(CustomDataset):
         if seed is not None:
             seed_everything(seed)
         return super().__getitem__(int(idx))
+
+
+def _pack_records(records: Iterable[dict]) -> Tuple[np.ndarray, np.ndarray]:
+    """MMEngine's serialized form of ``records`` (pickled one after the other into one
+    buffer, and their end offsets), built without an array per record."""
+    buffer, ends = bytearray(), array('q')
+    for record in records:
+        buffer += pickle.dumps(record, protocol=4)
+        ends.append(len(buffer))
+    return np.frombuffer(buffer, dtype=np.uint8), np.frombuffer(ends, dtype=np.int64)
 
 
 def count_classes(dataset_cfg: dict) -> Tuple[int, str]:

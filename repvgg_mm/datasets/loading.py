@@ -15,8 +15,47 @@ from repvgg_mm.registry import TRANSFORMS
 
 from .zip_backend import backend_args_for
 
-# Shared with the data-loader workers (forked after import): images skipped so far.
-_SKIPPED = multiprocessing.Value('i', 0)
+
+class SkipCounter:
+    """A count of skipped images shared by a process and its data-loader workers,
+    however they start: a fork shares it; a worker started by spawn or forkserver gets
+    the same shared memory with the loading transform that holds it (the transform
+    travels to the worker pickled). Each worker adds to a slot of its own (no lock, no
+    semaphore: none of the start methods' restrictions on sharing them apply). Deep
+    copies stay the same counter; a plain pickle elsewhere starts a new one."""
+
+    SLOTS = 256
+
+    def __init__(self, slots=None) -> None:
+        self.slots = slots if slots is not None else multiprocessing.RawArray('q', self.SLOTS)
+
+    def add(self, n: int = 1) -> None:
+        info = torch.utils.data.get_worker_info()
+        slot = 0 if info is None else 1 + info.id % (self.SLOTS - 1)
+        self.slots[slot] += n
+
+    def take(self) -> int:
+        """The count so far, reset to zero (call it while the workers are idle)."""
+        total = 0
+        for slot in range(self.SLOTS):
+            value = self.slots[slot]
+            if value:
+                total += value
+                self.slots[slot] -= value
+        return total
+
+    def __deepcopy__(self, memo) -> 'SkipCounter':
+        return self
+
+    def __reduce__(self):
+        from multiprocessing.context import get_spawning_popen
+        if get_spawning_popen() is not None:  # starting a worker: share the counter
+            return SkipCounter, (self.slots,)
+        return SkipCounter, ()
+
+
+# Images skipped so far by this process's loading transforms and their workers.
+SKIPPED = SkipCounter()
 
 
 def image_is_complete(data: bytes) -> bool:
@@ -68,34 +107,28 @@ def checked_bytes(data: bytes) -> bytes:
 
 
 def load_checked(path: str, decode: Callable[[bytes], Any], backend_args: Optional[dict],
-                 skip_broken: bool, step: str, cached: Optional[bytes] = None) -> Any:
+                 skip_broken: bool, step: str, cached: Optional[bytes] = None,
+                 counter: Optional[SkipCounter] = None) -> Any:
     """Read and decode one image for a loading transform (``step``, named in the
     error): the decoded image, or None when it is broken and ``skip_broken`` (counted
-    for the epoch's report); otherwise an ``OSError`` naming the file. ``cached``: the
-    file's bytes, already read (a data set's in-memory cache), checked the same way."""
+    in ``counter``, the transform's, for the epoch's report); otherwise an ``OSError``
+    naming the file. ``cached``: the file's bytes, already read (a data set's in-memory
+    cache), checked the same way."""
     try:
         return decode(read_image_bytes(path, backend_args) if cached is None
                       else checked_bytes(cached))
     except Exception as exc:
         if skip_broken:
-            count_skipped()
+            (counter or SKIPPED).add()
             return None
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OSError(f'cannot read image {path!r}: {reason} (set skip_broken=True on {step} '
                       'in the train pipeline to skip such files)') from exc
 
 
-def count_skipped() -> None:
-    """Count one image skipped (by any loading transform, in any worker)."""
-    with _SKIPPED.get_lock():
-        _SKIPPED.value += 1
-
-
 def take_skipped_count() -> int:
     """Images skipped since the last call (all workers of this process together)."""
-    with _SKIPPED.get_lock():
-        count, _SKIPPED.value = _SKIPPED.value, 0
-    return count
+    return SKIPPED.take()
 
 
 @TRANSFORMS.register_module(name='LoadImageFromFile')
@@ -115,6 +148,7 @@ class LoadImageChecked(MMCVLoadImageFromFile):
     def __init__(self, *args, skip_broken: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.skip_broken = skip_broken
+        self.skipped = SKIPPED  # reaches workers of any start method
 
     def _decode(self, data: bytes) -> np.ndarray:
         img = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
@@ -124,7 +158,8 @@ class LoadImageChecked(MMCVLoadImageFromFile):
 
     def transform(self, results: dict) -> Optional[dict]:
         img = load_checked(results['img_path'], self._decode, self.backend_args,
-                           self.skip_broken, 'LoadImageFromFile', results.get('img_bytes'))
+                           self.skip_broken, 'LoadImageFromFile', results.get('img_bytes'),
+                           self.skipped)
         if img is None:
             return None
         if self.to_float32:

@@ -30,6 +30,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), 'little')
 
 
+def part_order_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's shuffle of its own part in an epoch: determined by (seed,
+    epoch, rank), so ranks shuffle independently of each other (as the original's
+    per-rank seeded ``SubsetRandomSampler``) and a resumed run reshuffles the same."""
+    key = struct.pack('<4Q', seed % 2**64, epoch % 2**64, rank % 2**64, 0x70617274)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), 'little') >> 1
+
+
 class SeededIndex(int):
     """A dataset index that carries the seed its sample's augmentation must use."""
 
@@ -61,9 +69,11 @@ class SampleSeedSampler(DefaultSampler):
     (``cache_mode='part'`` of :class:`~repvgg_mm.datasets.ImageNetLayoutDataset`) and
     ``shuffle=True``, each rank draws from its own fixed part in every epoch --
     samples ``rank, rank + world_size, ...``, in an order reshuffled per epoch from
-    (seed, epoch), padded from its own part to the same length on every rank -- as the
-    original's ``SubsetRandomSampler`` does in that mode. One rank's part is then the
-    whole data set, so a single-process run samples exactly as without the cache.
+    (seed, epoch, rank) (:func:`part_order_seed`: every rank its own stream, so ranks
+    do not draw neighbouring samples -- the same class -- at the same step), padded
+    from its own part to the same length on every rank -- as the original's
+    ``SubsetRandomSampler`` does in that mode. One rank's part is then the whole data
+    set, so a single-process run samples exactly as without the cache.
     """
 
     def __iter__(self) -> Iterator[int]:
@@ -75,12 +85,14 @@ class SampleSeedSampler(DefaultSampler):
             getattr(self.dataset, 'cache_mode', None) == 'part'
 
     def _part_indices(self) -> list:
-        part = list(range(self.rank, len(self.dataset), self.world_size))
+        part_of = getattr(self.dataset, 'part_indices', None)  # after get_subset too
+        part = part_of() if part_of is not None else \
+            list(range(self.rank, len(self.dataset), self.world_size))
         if not part:
             raise ValueError(f"cache_mode='part': {len(self.dataset)} samples for "
                              f'{self.world_size} ranks leave rank {self.rank} none')
         generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
+        generator.manual_seed(part_order_seed(self.seed, self.epoch, self.rank))
         order = [part[i] for i in torch.randperm(len(part), generator=generator).tolist()]
         while len(order) < self.num_samples:  # equal lengths on every rank
             order += order[:self.num_samples - len(order)]

@@ -88,3 +88,30 @@ def make_synthetic_imagenet(root: str, images: int = 20000, val_images: int = 0,
         result[split] = count
     result['mean_kb'] = total_bytes / max(written, 1) / 1e3
     return result
+
+
+def make_member_archive(root: str, members: int = 1281167, classes: int = 1000,
+                        split: str = 'train') -> Dict[str, float]:
+    """``root/<split>.zip`` holding ``members`` tiny members named as ImageNet's
+    (``<class>/<class>_<i>.JPEG``, round-robin over ``classes`` folders, stored), and
+    ``root/<split>_list.txt`` listing them as ``tools/dataset/pack_zip.py`` does
+    (``<split>.zip@/<member> <label>``): an archive with ImageNet's member count, for
+    measuring member tables, without ImageNet's 140 GB. Written to temporary names and
+    renamed when complete.
+    """
+    import zipfile
+    os.makedirs(root, exist_ok=True)
+    archive, listing = osp.join(root, f'{split}.zip'), osp.join(root, f'{split}_list.txt')
+    lines = []
+    with zipfile.ZipFile(archive + '.part', 'w', zipfile.ZIP_STORED) as zf:
+        for i in range(members):
+            label = i % classes
+            name = f'{class_name(label)}/{class_name(label)}_{i // classes:07d}.JPEG'
+            info = zipfile.ZipInfo(name, date_time=(2012, 1, 1, 0, 0, 0))
+            zf.writestr(info, name.encode()[-12:])  # a few bytes of its own
+            lines.append(f'{split}.zip@/{name} {label}\n')
+    with open(listing + '.part', 'w') as f:
+        f.writelines(lines)
+    os.replace(archive + '.part', archive)
+    os.replace(listing + '.part', listing)
+    return dict(members=members, archive_mb=osp.getsize(archive) / 2**20)

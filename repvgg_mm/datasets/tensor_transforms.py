@@ -31,7 +31,7 @@ from mmpretrain.datasets.transforms import RandomResizedCrop as MMPretrainRandom
 from repvgg_mm.registry import TRANSFORMS
 
 from .gpu_augment import random_resized_crop_box
-from .loading import decode_rgb_tensor, load_checked
+from .loading import SKIPPED, decode_rgb_tensor, load_checked
 
 
 def _resize(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -67,10 +67,12 @@ class LoadImageTensor(BaseTransform):
     def __init__(self, skip_broken: bool = False, backend_args: Optional[dict] = None) -> None:
         self.skip_broken = skip_broken
         self.backend_args = backend_args
+        self.skipped = SKIPPED  # reaches workers of any start method
 
     def transform(self, results: dict) -> Optional[dict]:
         img = load_checked(results['img_path'], decode_rgb_tensor, self.backend_args,
-                           self.skip_broken, 'LoadImageTensor', results.get('img_bytes'))
+                           self.skip_broken, 'LoadImageTensor', results.get('img_bytes'),
+                           self.skipped)
         if img is None:
             return None
         results['img'] = img
@@ -103,14 +105,16 @@ class RandomResizedCropTensor(MMPretrainRandomResizedCrop):
     with antialiased bilinear interpolation. The box is drawn by the same steps
     (:func:`~repvgg_mm.datasets.gpu_augment.random_resized_crop_box`, torchvision's
     ``get_params``) from Python's generator, which training seeds per sample (MMPretrain
-    draws from NumPy's, 3x slower per call). Arguments are MMPretrain's, except
+    draws from NumPy's, 3x slower per call). Arguments are MMPretrain's (``max_attempts``
+    included: the draws before the centre-crop fallback), except
     ``interpolation``/``backend``: always antialiased bilinear."""
 
     def transform(self, results: dict) -> dict:
         img = results['img']
         height, width = img.shape[-2:]
         top, left, h, w = random_resized_crop_box(height, width, self.crop_ratio_range,
-                                                  self.aspect_ratio_range)
+                                                  self.aspect_ratio_range,
+                                                  attempts=self.max_attempts)
         img = _resize(img[:, top:top + h, left:left + w], *self.scale)  # (h, w)
         results['img'] = img
         results['img_shape'] = tuple(img.shape[-2:])

@@ -1,10 +1,15 @@
 """Pack an ImageNet-layout folder into one zip archive per split (the zip mode of
 :mod:`repvgg_mm.datasets.zip_backend`)."""
+import contextlib
+import fcntl
+import glob
 import os
 import os.path as osp
 import zipfile
 from collections import Counter
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence
+
+from mmengine.logging import print_log
 
 from repvgg_mm.fileio import OutputPathError, atomic_open, atomic_path, is_inside
 
@@ -13,12 +18,44 @@ from .imagenet_layout import ImageNetLayoutDataset
 
 def _member_name(img_path: str, src_root: str, split: str) -> str:
     """The member name of a source image: its path below the split folder (so that a
-    class folder stays the first component), else below the data root."""
+    class folder stays the first component), else below the data root. The path as
+    listed, links not followed: a symbolic link is stored under its own name, with
+    the bytes of the file it points to."""
     for base in (osp.join(src_root, split), src_root):
-        relative = osp.relpath(osp.realpath(img_path), osp.realpath(base))
+        relative = osp.relpath(osp.normpath(osp.abspath(img_path)),
+                               osp.normpath(osp.abspath(base)))
         if not relative.startswith(os.pardir):
             return relative.replace(os.sep, '/')
     raise ValueError(f'image {img_path!r} lies outside the data root {src_root!r}')
+
+
+@contextlib.contextmanager
+def _packing(dst_root: str, names: Sequence[str]) -> Iterator[None]:
+    """Hold ``dst_root``'s packing lock; first remove the temporary files an earlier
+    run that was killed (SIGKILL, power loss) left for ``names`` (named in the log).
+    Two packers never write into one folder at once: the second waits."""
+    os.makedirs(dst_root, exist_ok=True)
+    lock_path = osp.join(dst_root, '.pack_zip.lock')
+    try:
+        with open(lock_path, 'a') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+            for name in names:  # atomic_path's temporaries: .<name>.<random>.tmp
+                for stale in glob.glob(osp.join(glob.escape(dst_root), f'.{name}.*.tmp')):
+                    os.remove(stale)
+                    print_log(f'removed {stale!r}, left by an earlier packing run that was '
+                              'killed', logger='current', level=30)
+            yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock_path)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_archive(archive: str, samples: List[dict], members: List[str]) -> None:
@@ -26,7 +63,9 @@ def _write_archive(archive: str, samples: List[dict], members: List[str]) -> Non
     every member against its source (CRC-32 and size) and rename it into place.
     Nothing is left behind on failure."""
     with atomic_path(archive) as tmp:
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        # timestamps before 1980 (which zip cannot store) are stored as 1980-01-01
+        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED, allowZip64=True,
+                             strict_timestamps=False) as zf:
             for sample, member in zip(samples, members):
                 try:
                     zf.write(sample['img_path'], arcname=member)
@@ -34,8 +73,13 @@ def _write_archive(archive: str, samples: List[dict], members: List[str]) -> Non
                     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
                         raise OSError(f'cannot read source image {sample["img_path"]!r}: '
                                       f'{exc.strerror or exc}; nothing was written') from exc
-                    raise OSError(f'cannot write {archive!r}: {exc.strerror or exc}; nothing '
+                    raise OSError(f'cannot write {archive!r} (at source image '
+                                  f'{sample["img_path"]!r}): {exc.strerror or exc}; nothing '
                                   'was written') from exc
+                except ValueError as exc:
+                    raise ValueError(f'cannot pack source image {sample["img_path"]!r}: '
+                                     f'{exc}; nothing was written') from exc
+        _fsync_path(tmp)  # on disk before the rename makes it the archive
         with zipfile.ZipFile(tmp) as zf:
             bad = zf.testzip()  # reads every member and checks its CRC-32
             if bad is not None:
@@ -80,21 +124,28 @@ def pack_imagenet_zip(src_root: str, dst_root: str,
         raise FileNotFoundError(f'{src_root!r} has none of the splits {list(splits)} (a '
                                 'class-folder split or a <split>_list.txt)')
     report = {}
-    for split in found:
-        dataset = ImageNetLayoutDataset(data_root=src_root, split=split, pipeline=[])
-        samples = [dataset.get_data_info(i) for i in range(len(dataset))]
-        archive = osp.join(dst_root, f'{split}.zip')
-        list_file = osp.join(dst_root, f'{split}_list.txt')
-        members = [_member_name(s['img_path'], src_root, split) for s in samples]
-        repeated = [m for m, n in Counter(members).items() if n > 1]
-        if repeated:
-            raise ValueError(f'{split}: several samples would be stored as the same member '
-                             f'{sorted(repeated)[:3]}; pack a list without repeated images')
-        # the list is complete in its temporary file before the archive is renamed in
-        with atomic_open(list_file, 'w', encoding='utf-8') as f:
-            f.write(''.join(f'{split}.zip@/{m} {int(s["gt_label"])}\n'
-                            for m, s in zip(members, samples)))
-            _write_archive(archive, samples, members)
-        report[split] = dict(images=len(samples), archive=archive, list_file=list_file,
-                             bytes=osp.getsize(archive))
+    with _packing(dst_root, [n for s in found for n in (f'{s}.zip', f'{s}_list.txt')]):
+        for split in found:
+            report[split] = _pack_split(src_root, dst_root, split)
     return report
+
+
+def _pack_split(src_root: str, dst_root: str, split: str) -> dict:
+    """Pack one split (see :func:`pack_imagenet_zip`)."""
+    dataset = ImageNetLayoutDataset(data_root=src_root, split=split, pipeline=[])
+    samples = [dataset.get_data_info(i) for i in range(len(dataset))]
+    archive = osp.join(dst_root, f'{split}.zip')
+    list_file = osp.join(dst_root, f'{split}_list.txt')
+    members = [_member_name(s['img_path'], src_root, split) for s in samples]
+    repeated = [m for m, n in Counter(members).items() if n > 1]
+    if repeated:
+        raise ValueError(f'{split}: several samples would be stored as the same member '
+                         f'{sorted(repeated)[:3]}; pack a list without repeated images')
+    # the list is complete in its temporary file before the archive is renamed in
+    with atomic_open(list_file, 'w', encoding='utf-8') as f:
+        f.write(''.join(f'{split}.zip@/{m} {int(s["gt_label"])}\n'
+                        for m, s in zip(members, samples)))
+        _write_archive(archive, samples, members)
+    _fsync_path(dst_root)  # the renames too
+    return dict(images=len(samples), archive=archive, list_file=list_file,
+                bytes=osp.getsize(archive))

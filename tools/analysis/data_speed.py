@@ -27,7 +27,7 @@ from repvgg_mm.apis.data_speed import (  # noqa: E402
     compare_data_speed,
     reference_config,
 )
-from repvgg_mm.cli import load_config, run_cli  # noqa: E402
+from repvgg_mm.cli import install_interrupt_handlers, load_config, run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    install_interrupt_handlers()  # SIGTERM/SIGINT: the packed copy (--zip) is removed
     if not osp.isdir(args.data_root):
         raise FileNotFoundError(f'--data-root {args.data_root!r} is not a folder')
     if args.images < 1 or args.rounds < 1 or any(n < 1 for n in args.workers):

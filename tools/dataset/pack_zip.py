@@ -6,7 +6,8 @@ writes DST_ROOT/train.zip and DST_ROOT/train_list.txt (lines ``train.zip@/<membe
 <label>``), the same for val; then use ``data_root=DST_ROOT`` in a config (or
 ``--cfg-options train_dataloader.dataset.data_root=DST_ROOT ...``). The images are stored
 as they are (not recompressed), every member is verified after writing, and files appear
-only when complete.
+only when complete: interrupted (SIGINT, SIGTERM) it leaves nothing, and temporary files
+of an earlier run that was killed outright are removed when it starts.
 """
 import argparse
 import os.path as osp
@@ -14,7 +15,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from repvgg_mm.cli import run_cli  # noqa: E402
+from repvgg_mm.cli import install_interrupt_handlers, run_cli  # noqa: E402
 from repvgg_mm.datasets.zip_pack import pack_imagenet_zip  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    install_interrupt_handlers()  # SIGTERM/SIGINT: temporary files removed, then exit
     for split, info in pack_imagenet_zip(args.src_root, args.dst_root, args.splits).items():
         print(f"{split}: {info['images']} images -> {info['archive']} "
               f"({info['bytes'] / 2**20:.1f} MiB), {info['list_file']}")
