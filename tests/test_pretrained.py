@@ -158,7 +158,19 @@ def zoo_served(a0_weights, monkeypatch):
 
 
 def _cache_files(cache):
-    return sorted(os.listdir(cache)) if cache.exists() else []
+    """The files below the cache folder (relative paths), sub-folders included."""
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob('*') if p.is_file())
+
+
+def _in_zoo(monkeypatch, url, name='repvgg-a0'):
+    """Make ``url`` the Weights of zoo model ``name`` (what makes a URL a zoo URL)."""
+    real = zoo.model_index
+
+    def index():
+        entries = real()
+        entries[name] = dict(entries[name], Weights=url)
+        return entries
+    monkeypatch.setattr(zoo, 'model_index', index)
 
 
 def test_pretrained_by_name_downloads_once_and_names_imagenet_classes(zoo_served, cache,
@@ -221,11 +233,20 @@ def test_bad_downloads_are_refused_and_never_kept(zoo_served, cache, server, mon
         get_model('configs/repvgg-a0.py',
                   pretrained=f'{base}html/repvgg-A0_8xb32_in1k_20221213-60ae8e23.pth')
     assert _cache_files(cache) == []
-    # the right file under a name whose hash prefix is another file's
+    # the right file under a zoo URL whose hash prefix is another file's: refused; the
+    # same name at any other URL is no promise about the content (issue 24)
     shutil.copy(folder / name, folder / 'repvgg-A0-deadbeef.pth')
+    _in_zoo(monkeypatch, f'{base}repvgg-A0-deadbeef.pth', 'repvgg-a1')
     with pytest.raises(DownloadError, match='does not start with deadbeef'):
         get_model('configs/repvgg-a0.py', checkpoint=f'{base}repvgg-A0-deadbeef.pth')
+    assert _cache_files(cache) == []
+    shutil.copy(folder / name, folder / 'other-deadbeef.pth')
+    get_model('configs/repvgg-a0.py', checkpoint=f'{base}other-deadbeef.pth')
+    (other, ) = _cache_files(cache)
+    assert other.startswith('url-') and other.endswith('/other-deadbeef.pth')
+    os.remove(cache / other)
     # bytes that are not a checkpoint, at a URL without a hash: refused, then removed
+    # (this process downloaded them)
     (folder / 'noise.pth').write_bytes(os.urandom(4096))
     with pytest.raises(CheckpointError, match=f"'{base}noise.pth' \\(downloaded to .*"
                                               '(could not be read|refusing to load)'):
@@ -234,22 +255,28 @@ def test_bad_downloads_are_refused_and_never_kept(zoo_served, cache, server, mon
     # a 404
     with pytest.raises(DownloadError, match='HTTP 404'):
         get_model('configs/repvgg-a0.py', checkpoint=f'{base}missing-0123abcd.pth')
-    # a cached file damaged later: detected by its hash, downloaded again
+    # a cached file damaged later: detected by its hash, moved aside, downloaded again
     get_model('repvgg-a0', pretrained=True)
     (cache / name).write_bytes(b'damaged')
     model = get_model('repvgg-a0', pretrained=True)
     assert model.head.fc.bias[TABBY] == 50.0 and _sha256(cache / name).startswith(
         zoo.hash_prefix(name))
-    # ... or refused when it cannot be fetched again (no network): nothing damaged left
+    (aside, ) = [f for f in _cache_files(cache) if f != name]
+    assert aside.startswith(f'{name}.corrupt-') and (cache / aside).read_bytes() == b'damaged'
+    os.remove(cache / aside)
+    # ... or refused when it cannot be fetched again (no network): the damaged copy is
+    # out of the way (moved aside, named in the message), nothing of it is deleted
     (cache / name).write_bytes(b'damaged')
     offline = f'http://127.0.0.1:{free_port()}/{name}'
-    monkeypatch.setattr(zoo, 'published_url', lambda _: offline)
+    _in_zoo(monkeypatch, offline)
     with pytest.raises(DownloadError) as info:
         get_model('repvgg-a0', checkpoint='repvgg-a0')
     message = str(info.value)
     assert offline in message and str(cache / name) in message
     assert 'without network access' in message and 'local checkpoint' in message
-    assert _cache_files(cache) == []
+    (aside, ) = _cache_files(cache)
+    assert aside.startswith(f'{name}.corrupt-') and f'moved to {str(cache / aside)!r}' in message
+    assert (cache / aside).read_bytes() == b'damaged'
 
 
 def test_no_network_is_one_line_from_the_tools(cache, tmp_path):
@@ -262,7 +289,10 @@ def test_no_network_is_one_line_from_the_tools(cache, tmp_path):
     lines = [ln for ln in err.splitlines() if 'REPVGG_MM_DEBUG' not in ln]
     assert status == 1 and len(lines) == 1, err
     assert offline in lines[0] and 'without network access' in lines[0]
-    assert str(cache / 'repvgg-a0-0123abcd.pth') in lines[0]
+    # not a zoo URL: its cache entry is named after the whole URL
+    entry = re.search(r"put it at '([^']+)'", lines[0])[1]
+    assert re.fullmatch(re.escape(str(cache)) + r'/url-[0-9a-f]{16}/repvgg-a0-0123abcd\.pth',
+                        entry), entry
     assert not cache.exists() or _cache_files(cache) == []
 
 

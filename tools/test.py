@@ -1,4 +1,14 @@
-"""Evaluate a checkpoint: python tools/test.py CONFIG CHECKPOINT [options]."""
+"""Evaluate a checkpoint: python tools/test.py CONFIG CHECKPOINT [options].
+
+CHECKPOINT may be a URL or a zoo name: it is fetched once the runner is built, that is
+once the process group of a distributed run exists (the runner starts it), through
+:func:`repvgg_mm.checkpoints.fetch_gate.fetch_on_each_node` -- the local rank 0 of each
+node downloads, the other ranks wait, and a failure on any rank stops every rank with
+that rank's reason. Fetching earlier, before the group, could only be coordinated by
+guessing from the environment (``LOCAL_RANK``) and could not share a failure; building
+the runner first costs little (the data is only read by ``runner.test()``). A
+CHECKPOINT that is neither a file nor a URL nor a zoo name is refused before anything.
+"""
 import argparse
 import json
 import os.path as osp
@@ -9,7 +19,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.model import is_model_wrapper  # noqa: E402
 
 from repvgg_mm.apis import load_checkpoint_into  # noqa: E402
-from repvgg_mm.checkpoints import FORMATS, resolve_checkpoint  # noqa: E402
+from repvgg_mm.checkpoints import FORMATS  # noqa: E402
+from repvgg_mm.checkpoints.fetch_gate import (  # noqa: E402
+    fetch_on_each_node,
+    needs_fetch,
+)
 from repvgg_mm.cli import (  # noqa: E402
     add_cfg_options,
     add_launcher_options,
@@ -43,10 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     set_local_rank(args.local_rank)
-    if not osp.isfile(args.checkpoint):  # a URL or a zoo name is fetched into the cache
-        if not osp.isfile(resolve_checkpoint(args.checkpoint)[0]):
-            raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist (not a '
-                                    'file, an http(s):// URL nor a zoo name with weights)')
+    if not osp.isfile(args.checkpoint) and not needs_fetch(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist (not a '
+                                'file, an http(s):// URL nor a zoo name with weights)')
     cfg = load_config(args.config, args.cfg_options)
     if args.out_metrics:
         check_output_paths({'--out-metrics': args.out_metrics},
@@ -57,6 +70,7 @@ def main() -> int:
     cfg.load_from, cfg.resume = None, False
     prepare_launcher(cfg, args.launcher)
     runner = build_runner(cfg)
+    fetch_on_each_node(args.checkpoint)  # after the runner: the process group exists
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     load_checkpoint_into(model, args.checkpoint, args.src_format)
     metrics = runner.test()

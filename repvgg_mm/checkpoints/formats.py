@@ -275,7 +275,10 @@ class SafePretrainedInit:
     ``repvgg_mm`` scope: :func:`load_pretrained_into` in place of MMEngine's
     ``PretrainedInit`` -- read safely, from any key format, strictly; ``checkpoint``
     may be a file, a URL or a zoo name. Modules name it ``repvgg_mm.Pretrained`` to get
-    it under any default scope (a detector's or a segmentor's).
+    it under any default scope (a detector's or a segmentor's). In a distributed job
+    the download goes through :func:`~repvgg_mm.checkpoints.fetch_gate.fetch_on_each_node`
+    (one download per node, one outcome for every rank), so every rank of the process
+    group must initialise the module together, as MMEngine's runner does.
 
     Args:
         checkpoint: A file, an ``http(s)://`` URL or a zoo name with published weights.
@@ -290,6 +293,8 @@ class SafePretrainedInit:
         self.prefix = prefix or 'backbone.'
 
     def __call__(self, module: nn.Module) -> None:
+        from .fetch_gate import fetch_on_each_node  # the only fetch in this module
+        fetch_on_each_node(self.checkpoint)
         load_pretrained_into(module, self.checkpoint, self.prefix)
 
     def _get_init_info(self) -> str:

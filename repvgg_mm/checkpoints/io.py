@@ -1,4 +1,5 @@
 """Reading and writing checkpoints: safe loading, strict matching, atomic writes."""
+import os
 import os.path as osp
 import pickle
 import zipfile
@@ -11,7 +12,7 @@ import torch.nn as nn
 from repvgg_mm.fileio import atomic_write
 
 from .safe_load import allow_training_checkpoints
-from .zoo import forget_download, hash_prefix, resolve_checkpoint
+from .zoo import expected_prefix, forget_download, resolve_checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -42,16 +43,22 @@ def load_checkpoint_file(path: str) -> Any:
     ``path`` may also be an ``http(s)://`` URL or the name of a zoo model with
     published weights: the file is fetched into the download cache and checked first
     (:func:`repvgg_mm.checkpoints.zoo.resolve_checkpoint`), then read the same way. A
-    download without a hash in its name that cannot be read is removed from the cache.
+    download whose content no hash vouches for (any URL but the zoo's) that cannot be
+    read is taken out of the cache (:func:`~repvgg_mm.checkpoints.zoo.forget_download`:
+    removed if this process downloaded it, else moved aside), so it is fetched again.
     """
     local, url = resolve_checkpoint(path)
     if url is None:
         return _load_local(local)
     try:
+        seen = os.stat(local)
+    except OSError:
+        seen = None
+    try:
         return _load_local(local)
     except CheckpointError as exc:
-        if hash_prefix(osp.basename(local)) is None:
-            forget_download(local, url)
+        if seen is not None and expected_prefix(url) is None:
+            forget_download(local, url, seen)
         raise CheckpointError(f'{url!r} (downloaded to {local!r}): {exc}') from exc
 
 

@@ -18,9 +18,9 @@ from repvgg_mm.checkpoints import (
     extract_state_dict,
     load_checkpoint_file,
     load_weights_into,
-    resolve_checkpoint,
     to_ours,
 )
+from repvgg_mm.checkpoints.fetch_gate import fetch_on_each_node
 from repvgg_mm.datasets.imagenet_layout import resolve_auto_num_classes
 from repvgg_mm.fileio import atomic_path, is_inside
 from repvgg_mm.registry import RUNNERS
@@ -228,6 +228,11 @@ class RepVGGRunner(Runner):
             return
         kwargs = {} if compile_cfg is True else dict(compile_cfg)
         model = self.model.module if is_model_wrapper(self.model) else self.model
+        if type(model).__name__ == 'QATClassifier':
+            raise ValueError('compile (configs/_base_/options/compile.py) does not fit '
+                             'quantization-aware training: the fake-quantized graph is '
+                             'already traced and the compiled step fails; train QAT '
+                             'without it')
         names = [name for name in ('backbone', 'neck', 'head')
                  if isinstance(getattr(model, name, None), torch.nn.Module)]
         for part in [getattr(model, name) for name in names] or [model]:
@@ -281,25 +286,18 @@ class RepVGGRunner(Runner):
 
         Any key format the project reads is accepted (ours, official, MMPretrain, timm);
         ``filename`` may also be a URL or a zoo name with published weights
-        (``load_from = 'repvgg-a0'``), downloaded once into the torch.hub cache.
+        (``load_from = 'repvgg-a0'``), downloaded once per node into the torch.hub
+        cache (:func:`~repvgg_mm.checkpoints.fetch_gate.fetch_on_each_node`).
         ``strict`` and ``revise_keys`` of MMEngine's signature are ignored: loading is
         always strict, except for the config's ``load_ignore_keys`` with ``load_from``.
         """
         resuming = getattr(self, '_resuming', False)
-        if not osp.exists(filename):
-            # a URL or zoo name (load_from = 'repvgg-a0'): rank 0 downloads it into the
-            # cache while the others wait, then every rank reads the cached file
-            failure, error = [None], None
-            if get_rank() == 0:
-                try:
-                    resolve_checkpoint(filename)
-                except Exception as exc:  # every rank stops, with rank 0's reason
-                    failure, error = [f'{type(exc).__name__}: {exc}'], exc
-            broadcast_object_list(failure, src=0)
-            if error is not None:
-                raise error
-            if failure[0] is not None:
-                raise CheckpointError(f'rank 0 could not fetch {filename!r}: {failure[0]}')
+        # A URL or zoo name (load_from = 'repvgg-a0'): the local rank 0 of each node
+        # downloads into its node's cache while the others wait, and every rank learns
+        # every outcome before any goes on -- the same on every rank, decided from the
+        # string, never from a per-rank look at the disk (a file on one rank's disk only
+        # would leave the others in a collective); a local file passes straight through.
+        fetch_on_each_node(filename)
         checkpoint = load_checkpoint_file(filename)
         if not isinstance(checkpoint, dict):
             raise CheckpointError(f'{filename!r} holds a {type(checkpoint).__name__}, '
