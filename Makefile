@@ -14,10 +14,11 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements/runtime.txt requirements/tests.txt requirements/deploy.txt setup.cfg setup.py pyproject.toml
+$(STAMP): requirements/runtime.txt requirements/tests.txt requirements/deploy.txt \
+		requirements/openvino.txt setup.cfg setup.py pyproject.toml
 	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install -r requirements/runtime.txt -r requirements/tests.txt \
-		-r requirements/deploy.txt
+		-r requirements/deploy.txt -r requirements/openvino.txt
 	$(VENV_PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 

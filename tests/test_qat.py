@@ -4,6 +4,7 @@ placement TensorRT takes and whose ONNX Runtime top-1 is the one reported; QAT r
 as any training; bad inputs are refused with one line before anything is written."""
 import json
 import os
+import os.path as osp
 import sys
 
 import numpy as np
@@ -94,45 +95,56 @@ def int8_demo(tiny_data, tmp_path_factory):
 
 
 def test_int8_demo_tool_end_to_end(int8_demo):
-    """Its table and summary: FP32, PTQ and QAT INT8 side by side in ONNX Runtime; the
-    QAT tool's reported top-1 is ONNX Runtime's top-1 of the file it wrote."""
+    """Its table and summary: FP32, FP32 trained on for QAT's epochs, PTQ per tensor and
+    per channel, and QAT, side by side in ONNX Runtime (optimisations on and off) and
+    OpenVINO, each next to the PyTorch model it came from; the CPU's features named."""
     row, stdout, work = int8_demo['row'], int8_demo['stdout'], int8_demo['work']
-    assert '===== INT8 on the demo data (30 val images, 2 epochs' in stdout
+    assert '===== INT8 on the demo data (2 epochs, minmax calibration on 8' in stdout
+    assert 'CPU: ' in stdout and 'features: ' in stdout
     assert row['model'] == 'QARepVGG-A0' and row['calib_images'] == 8
-    assert row['val_images'] == 30 and row['onnx_pytorch_agreement'] == 1.0
-    assert row['fp32_top1'] == pytest.approx(row['pytorch_top1'], abs=1e-3)
-    assert row['drop'] == pytest.approx(row['fp32_top1'] - row['int8_top1'])
-    assert row['qat_drop'] == pytest.approx(row['fp32_top1'] - row['qat_top1'])
-    assert row['qat_top1'] == row['qat_reported_top1']
-    assert 0 <= row['qat_agreement'] <= 1 and row['qat_speed_ratio'] > 0
-    assert f"QARepVGG-A0  {row['pytorch_top1']:>8.2f}" in stdout
-    ops = {node.op_type for node in onnx.load(row['int8_onnx']).graph.node}
+    assert row['val_images'] == 30 and row['qat_epochs'] == 1
+    files = {r['file']: r for r in row['files']}
+    assert list(files) == ['FP32', 'FP32 +QAT epochs', 'PTQ per-tensor', 'PTQ per-channel',
+                           'QAT']
+    assert files['FP32']['pytorch_agreement'] == 1.0
+    assert files['FP32']['top1'] == pytest.approx(files['FP32']['pytorch_top1'], abs=1e-3)
+    for r in files.values():
+        assert 0 <= r['pytorch_agreement'] <= 1 and r['speed_ratio'] > 0
+        assert r['openvino_vs_onnxruntime'] >= 29 / 30  # the second runtime agrees
+        assert r['optimised_vs_plain'] == 1.0  # INT32 biases: no rounding of its own
+        assert f"{r['file']:<17} {r['top1']:>7.2f}" in stdout
+    assert files['QAT']['pytorch_images'] == 30  # the export's check, whole val set
+    assert osp.isfile(files['QAT']['tensorrt_onnx'])
+    ops = {node.op_type for node in onnx.load(files['PTQ per-channel']['onnx']).graph.node}
     assert {'QuantizeLinear', 'DequantizeLinear'} <= ops
     assert not (work / 'repvgg-a0_demo').exists()  # only the model asked for
     assert sorted(p.name for p in (work / 'qarepvgg-a0_demo_qat').glob('*.pth')) == [
         'best_accuracy_top1_epoch_1.pth', 'epoch_1.pth']
 
 
-def test_exported_model_has_the_tensorrt_qdq_placement(int8_demo):
-    """Every conv takes Q/DQ-quantized input and INT8 weights with one scale per output
-    channel and zero points 0; no Q/DQ left dangling; BNs folded; dynamic batch."""
-    path = int8_demo['row']['qat_onnx']
-    report = check_tensorrt_placement(path)
-    assert report['convs'] == report['int8_convs'] == 22 and not report['problems']
-    assert 'BatchNormalization' not in report['ops']
-    proto = onnx.load(path)
-    graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
+def test_qat_files_biases_and_placement_per_runtime(int8_demo):
+    """The ONNX Runtime file: every Conv and Gemm bias an INT32 DequantizeLinear output
+    (scale = input scale x weight scale); the TensorRT file: narrow-range weights, no
+    Q/DQ between a conv and its ReLU, nothing quantized twice -- which the ONNX Runtime
+    file's layout would break."""
+    files = {r['file']: r for r in int8_demo['row']['files']}
+    ort_file, trt_file = files['QAT']['onnx'], files['QAT']['tensorrt_onnx']
+    ort = qdq_structure(ort_file)
+    assert ort['float_biases'] == 0 and ort['int32_biases'] >= 22 and not ort['problems']
+    trt = check_tensorrt_placement(trt_file, runtime='tensorrt')
+    assert trt['min_weight_code'] >= -127 and trt['int8_convs'] == 22
+    assert 'QuantizeLinear' in trt['ops']
+    problems = qdq_structure(ort_file, runtime='tensorrt')['problems']
+    assert any('between it and its ReLU' in p for p in problems)
+    graph = onnx.load(ort_file).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    for conv in (n for n in graph.node if n.op_type == 'Conv'):
-        dq = producer[conv.input[1]]
-        weight = inits[dq.input[0]]
-        assert weight.data_type == TensorProto.INT8
-        assert numpy_helper.to_array(inits[dq.input[1]]).size == weight.dims[0]
-    assert {p.key: p.value for p in proto.metadata_props}['repvgg_mm.input'] == 'normalized'
-    from repvgg_mm.apis.export import ort_session
-    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    assert ort_session(path).run(None, {'input': x})[0].shape == (3, 10)
+    for conv in (n for n in graph.node if n.op_type in ('Conv', 'Gemm') and len(n.input) > 2):
+        bias = producer[conv.input[2]]
+        x_scale = inits[producer[conv.input[0]].input[1]]
+        w_scale = inits[producer[conv.input[1]].input[1]]
+        assert bias.op_type == 'DequantizeLinear' and inits[bias.input[0]].dtype == np.int32
+        assert np.array_equal(inits[bias.input[1]], (x_scale * w_scale).astype(np.float32))
 
 
 def test_qat_resumes_as_any_training(int8_demo, tiny_data, tmp_path):
@@ -177,7 +189,7 @@ def test_placement_check_names_what_tensorrt_would_not_take(tmp_path):
     assert report['int8_convs'] == 0 and report['convs'] == 1
     assert any("'dangling'" in p for p in report['problems'])
     with pytest.raises(ValueError, match="Conv 'conv': its weight is not an INT8"):
-        check_tensorrt_placement(path)
+        check_tensorrt_placement(path, runtime='tensorrt')
 
 
 def test_qat_tool_refuses_bad_inputs(float_checkpoint, tiny_data, tmp_path):

@@ -8,7 +8,9 @@ any format the project reads). It is fused, a BatchNorm goes after every fused c
 (statistics on training images, outputs unchanged), the INT8 ranges are calibrated,
 the model is trained with fake quantization through the Runner (checkpoints and logs
 in the work dir; --resume continues an interrupted run), then written to OUTPUT as a
-QDQ ONNX model and evaluated in ONNX Runtime on the val set.
+QDQ ONNX model for ONNX Runtime, and beside it as <OUTPUT stem>_tensorrt.onnx in
+TensorRT's layout, and evaluated in ONNX Runtime on the val set. The ONNX Runtime file
+is checked against the trained model on val images before it is kept.
 """
 import argparse
 import json
@@ -71,9 +73,15 @@ def main() -> int:
     if 'export' not in r:  # not rank 0
         return 0
     e = r['export']
-    print(f"wrote {r['output']} ({e['int8_convs']} of {e['convs']} convs INT8, "
-          f"{e['qdq_nodes']} QuantizeLinear/DequantizeLinear nodes, opset {e['opset']}; "
-          'Q/DQ placement checked for TensorRT)')
+    print(f"wrote {r['output']} for ONNX Runtime ({e['int8_convs']} of {e['convs']} convs "
+          f"INT8, {e['qdq_nodes']} QuantizeLinear/DequantizeLinear nodes, "
+          f"{e['int32_biases']} INT32 biases, opset {e['opset']}) and "
+          f"{r['tensorrt_output']} for TensorRT (placement checked, weight codes >= "
+          f"{e['tensorrt']['min_weight_code']})")
+    print(f"checked on {e['check_images']} val images: ONNX Runtime top-1 "
+          f"{e['ort_top1']:.2f} % (optimisations off: {e['ort_plain_top1']:.2f} %, same "
+          f"prediction on {100 * e['ort_optimised_vs_plain']:.2f} %), trained fake-quant "
+          f"model {e['trained_top1']:.2f} %, agreement {100 * e['agreement']:.2f} %")
     if 'int8_top1' in r:
         print(f"val set: {r['val_images']} images; INT8 top-1 in ONNX Runtime "
               f"{r['int8_top1']:.2f} % ({r['int8_img_s']:.1f} img/s)")

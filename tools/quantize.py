@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='seed of the calibration draw')
     parser.add_argument('--threads', type=int,
                         help='ONNX Runtime threads for the evaluation (default: its choice)')
+    parser.add_argument('--no-eval', action='store_true',
+                        help='do not evaluate the FP32 and INT8 models on the val set')
     add_cfg_options(parser)
     return parser.parse_args(argv)
 
@@ -43,10 +45,13 @@ def main() -> int:
     cfg = load_config(args.config, args.cfg_options)
     r = quantize_onnx(cfg, args.model, args.output, calib_images=args.calib_images,
                       method=args.method, per_channel=args.per_channel, seed=args.seed,
-                      threads=args.threads)
+                      threads=args.threads, evaluate=not args.no_eval)
     print(f"wrote {r['output']} ({r['qdq_nodes']} QuantizeLinear/DequantizeLinear nodes; "
           f"{r['method']} calibration on {r['calib_images']} images, "
           f"{'per-channel' if r['per_channel'] else 'per-tensor'} weights)")
+    if args.no_eval:
+        print(json.dumps(r))
+        return 0
     print(f"val set: {r['val_images']} images")
     print(f"{'model':<6} {'top-1 %':>8} {'img/s':>8}")
     print(f"{'FP32':<6} {r['fp32_top1']:>8.2f} {r['fp32_img_s']:>8.1f}")

@@ -5,8 +5,14 @@
 _base_ = ['./qarepvgg-a0_demo.py']
 
 qat_epochs = 3
+# As the original's quant_qat_train.py (--fixbn, --fixobserver): the BN statistics stop
+# moving once epoch > 2 * epochs // 8 has been trained, the observed ranges once epoch >
+# 3 * epochs // 8 has; counted from 0, the first frozen epochs are these.
 model = dict(_delete_=True, type='QATClassifier', float_model={{_base_.model}},
-             input_size={{_base_.image_size}})
+             input_size={{_base_.image_size}}, freeze_bn_epoch=2 * qat_epochs // 8 + 2,
+             freeze_observer_epoch=3 * qat_epochs // 8 + 2)
+# Several GPUs: BN statistics and ranges averaged over the ranks after every iteration.
+custom_hooks_qat = [dict(type='QATSyncHook')]
 qat = dict(bn_images=256, calib_images=256, seed=0)
 # As the RepVGG-A0 QAT demo; the learning rate is given per 1024 images here, the rule
 # the QARepVGG demo trains with (configs/demo/qarepvgg-a0_demo.py), so it is a quarter.

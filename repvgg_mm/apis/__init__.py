@@ -29,15 +29,18 @@ from .quantize import (
     quantize_onnx,
 )
 from .reparam import DEFAULT_TOLERANCE, load_fused_model, reparameterize_checkpoint
+from .runtimes import compare_runtimes, cpu_description, runtime_session
 from .schedule import iters_per_epoch, param_group_table, scaled_lr, simulate_lr
 from .train_speed import compare_train_speed
 
 __all__ = ['DEFAULT_TOLERANCE', 'RepVGGInferencer', 'build_model', 'checkpoint_meta',
            'check_tensorrt_placement', 'compare_onnx_with_pytorch', 'compare_throughput',
-           'compare_train_speed', 'config_class_names', 'config_complexity', 'deploy_config',
+           'compare_runtimes', 'compare_train_speed', 'config_class_names',
+           'config_complexity', 'cpu_description', 'deploy_config',
            'export_onnx', 'format_flops', 'get_model', 'image_batches', 'inference_model',
            'iters_per_epoch', 'list_models', 'load_checkpoint_into', 'load_fused_model',
            'load_weights_into', 'model_complexity', 'model_index', 'onnx_top1',
            'param_group_table', 'plot_training_curves', 'quantization_aware_training',
-           'quantize_onnx', 'reparameterize_checkpoint', 'require_deploy_packages', 'scaled_lr',
+           'quantize_onnx', 'reparameterize_checkpoint', 'require_deploy_packages',
+           'runtime_session', 'scaled_lr',
            'simulate_lr', 'split_logits', 'test_input_size', 'top_k']

@@ -151,3 +151,23 @@ class BrokenImageReportHook(Hook):
             runner.logger.warning(f'epoch {runner.epoch + 1}: skipped {count} unreadable '
                                   'image(s) (LoadImageFromFile skip_broken=True); each was '
                                   'replaced by another random sample')
+
+
+@HOOKS.register_module()
+class QATSyncHook(Hook):
+    """Quantization-aware training on several ranks: after every iteration, the BN
+    running statistics and observed INT8 ranges of a ``QATClassifier`` are averaged
+    over the ranks and the scales recomputed
+    (:func:`~repvgg_mm.models.quantizer.average_across_ranks`), so every rank
+    fake-quantizes alike and each checkpoint and the exported file hold the state of
+    all ranks' data -- not rank 0's alone, and not ranks drifting apart (MMEngine's DDP
+    wrapper does not broadcast buffers). One all-reduce of a small tensor per
+    iteration; nothing on a single process. The QAT configs add it."""
+
+    priority = 'HIGH'
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        from repvgg_mm.models.quantizer import average_across_ranks
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        average_across_ranks(getattr(model, 'network', model))

@@ -10,47 +10,37 @@ with the BN after it the way ``torch.ao``'s QAT ConvBn modules did (the weight i
 quantized *after* the BN is folded into it, with the running statistics), so the
 INT8 kernels of the exported model are exactly the ones trained.
 
-Quantization scheme: signed INT8 everywhere with zero point 0 (what TensorRT takes):
-per-tensor activations, per-output-channel weights; ranges tracked by moving
-min/max during training.
+Quantization scheme (:mod:`.quantizer`): signed INT8 everywhere with zero point 0 (what
+TensorRT takes): per-tensor activations, per-output-channel weights in the narrow range
+[-127, 127]; ranges tracked by moving min/max during training. As the original's
+``quant_qat_train.py`` (``--fixbn``, ``--fixobserver``), the BNs' statistics and then
+the observed ranges stop moving after given epochs.
 
 :class:`QATClassifier` is the model the Runner trains; the data-dependent start
 (BN statistics, calibration) is :func:`repvgg_mm.apis.quantize.qat.start_qat`.
 """
-import contextlib
 import copy
-import logging
 from collections import OrderedDict
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import Tensor
 
 from repvgg_mm.registry import MODELS
 
+from .quantizer import (  # noqa: F401  (re-exported: the QAT API's names)
+    QAT_INSTALL,
+    activation_quantizers,
+    average_across_ranks,
+    conv2d_patterns_only,
+    fake_quantizer_names,
+    fake_quantizers,
+    int8_quantizer,
+    require_torchao,
+)
 from .reparam import reparameterize_model
-
-QAT_INSTALL = 'pip install -r requirements/deploy.txt (or pip install "repvgg_mm[deploy]")'
-
-
-def require_torchao() -> None:
-    """Import torchao, or raise ImportError naming the install command when it is
-    missing. Its first import makes torch log a deprecation notice about one of its
-    types (torch 2.14); that line would stand before a tool's one-line error, so the
-    logger is quietened for the import."""
-    notices = logging.getLogger('torch.utils._pytree')
-    level = notices.level
-    notices.setLevel(logging.ERROR)
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        raise ImportError('torchao not installed (quantization-aware training needs it); '
-                          f'install the deploy requirements: {QAT_INSTALL}') from None
-    finally:
-        notices.setLevel(level)
 
 
 class LogitsNetwork(nn.Module):
@@ -166,82 +156,6 @@ def set_bn_statistics(model: nn.Module, stats: Dict[str, tuple]) -> None:
         bn.bias.copy_(mean + old_bias)
 
 
-# ---------------------------------------------------------------------------------------
-# Fake quantization (torchao PT2E)
-
-def int8_quantizer(per_channel: bool = True):
-    """torchao's x86 quantizer (conv/linear patterns, conv+ReLU kept together) with
-    signed symmetric INT8 with zero point 0 -- what TensorRT's explicit quantization
-    takes: per-tensor activations, per-output-channel weights, both in [-128, 127].
-
-    The fake quantizers are torchao's plain ``FakeQuantize`` with moving min/max
-    observers, not the x86 default's fused ``FusedMovingAvgObsFakeQuantize``: the fused
-    op's scale differs from its observer's ``calculate_qparams`` (about 0.5 %, measured),
-    which is what ``convert_pt2e`` exports, so the exported INT8 weights were not the
-    ones trained (0.6-1.0 points of top-1 lost on the demo data)."""
-    require_torchao()
-    from torchao.quantization.pt2e import (
-        FakeQuantize,
-        MovingAverageMinMaxObserver,
-        MovingAveragePerChannelMinMaxObserver,
-    )
-    from torchao.quantization.pt2e.quantizer import QuantizationSpec
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        QuantizationConfig,
-        X86InductorQuantizer,
-    )
-    activation = QuantizationSpec(
-        dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
-        is_dynamic=False,
-        observer_or_fake_quant_ctr=FakeQuantize.with_args(
-            eps=2**-12, observer=MovingAverageMinMaxObserver))
-    weight = QuantizationSpec(
-        dtype=torch.int8, quant_min=-128, quant_max=127,
-        qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
-        ch_axis=0, is_dynamic=False,
-        observer_or_fake_quant_ctr=FakeQuantize.with_args(
-            eps=2**-12, observer=MovingAveragePerChannelMinMaxObserver if per_channel
-            else MovingAverageMinMaxObserver))
-    config = QuantizationConfig(activation, activation, weight, None, True)
-    return X86InductorQuantizer().set_global(config)
-
-
-@contextlib.contextmanager
-def conv2d_patterns_only() -> Iterator[None]:
-    """Make torchao's conv+BN fusion (``prepare_qat_pt2e``) and folding
-    (``convert_pt2e``) look for conv2d patterns only.
-
-    Both try conv1d, conv2d and the two transposed convs, tracing every pattern
-    variant with ``torch.export`` (102 traces in ``convert_pt2e``, 0.2-0.4 s each: 21 s
-    of its 22 s for the demo model on a 2-core CPU). A fused RepVGG has conv2d only,
-    so the other three searches cannot match anything; skipping them changes no result
-    (the exported graphs are checked to have no BatchNormalization left). Where
-    torchao's private helpers are not found, nothing is changed.
-    """
-    try:
-        from torchao.quantization.pt2e import qat_utils
-    except ImportError:
-        yield
-        return
-    originals = {name: getattr(qat_utils, name, None)
-                 for name in ('_fuse_conv_bn_qat_helper', '_fold_conv_bn_qat_helper')}
-
-    def only_conv2d(helper):
-        def wrapper(m, conv_fn, *args, **kwargs):
-            return helper(m, conv_fn, *args, **kwargs) if conv_fn is F.conv2d else m
-        return wrapper
-
-    for name, helper in originals.items():
-        if helper is not None:
-            setattr(qat_utils, name, only_conv2d(helper))
-    try:
-        yield
-    finally:
-        for name, helper in originals.items():
-            if helper is not None:
-                setattr(qat_utils, name, helper)
-
-
 def example_input(size: int) -> Tuple[Tensor]:
     return (torch.zeros(2, 3, size, size), )
 
@@ -259,35 +173,6 @@ def prepare_qat_network(network: nn.Module, size: int, per_channel: bool = True)
     with conv2d_patterns_only():
         return prepare_qat_pt2e(export_network(network, size).module(),
                                 int8_quantizer(per_channel))
-
-
-def fake_quantizers(module: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``(name, module)`` of every fake quantizer in ``module``; one shared by several
-    tensors (e.g. a pooling's input and output) is listed once, under its first name."""
-    require_torchao()
-    from torchao.quantization.pt2e import FakeQuantizeBase
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, FakeQuantizeBase)]
-
-
-def activation_quantizers(graph_module: nn.Module) -> List[str]:
-    """Names of the fake quantizers of a prepared graph that see activations (their
-    input depends on the graph's input), as opposed to weights."""
-    names = set(n for n, _ in fake_quantizers(graph_module))
-    from_input, found = set(), []
-    for node in graph_module.graph.nodes:
-        if node.op == 'placeholder' or any(a in from_input for a in node.all_input_nodes):
-            from_input.add(node)
-            if node.op == 'call_module' and node.target in names:
-                found.append(node.target)
-    return found
-
-
-def fake_quantizer_names(module: nn.Module) -> List[str]:
-    """Every name under which a fake quantizer of ``module`` is registered."""
-    require_torchao()
-    from torchao.quantization.pt2e import FakeQuantizeBase
-    return [n for n, m in module.named_modules(remove_duplicate=False)
-            if isinstance(m, FakeQuantizeBase)]
 
 
 @MODELS.register_module()
@@ -312,11 +197,20 @@ class QATClassifier(BaseModel):
             calibration and follow the training batches (moving min/max);
             ``'calibrated'``: they stay the calibration's (the weights' ranges follow
             the weights either way).
+        freeze_bn_epoch (int, optional): From this epoch on (0-based, as the Runner
+            counts), the BNs use and keep their running statistics (the original's
+            ``--fixbn``, at 2/8 of its schedule); None: never.
+        freeze_observer_epoch (int, optional): From this epoch on, no range moves
+            (the original's ``--fixobserver``, at 3/8); None: never.
         data_preprocessor (dict, optional): As the float model's.
+
+    Both freezes follow the Runner's epoch (MMEngine's message hub), so a resumed run
+    freezes as an uninterrupted one.
     """
 
     def __init__(self, float_model: dict, input_size: int = 224, per_channel: bool = True,
-                 activation_ranges: str = 'moving',
+                 activation_ranges: str = 'moving', freeze_bn_epoch: Optional[int] = None,
+                 freeze_observer_epoch: Optional[int] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg=None) -> None:
         require_torchao()
         float_model = copy.deepcopy(dict(float_model))
@@ -333,6 +227,12 @@ class QATClassifier(BaseModel):
             raise ValueError("activation_ranges must be 'moving' or 'calibrated', got "
                              f'{activation_ranges!r}')
         self.activation_ranges = activation_ranges
+        for key, value in (('freeze_bn_epoch', freeze_bn_epoch),
+                           ('freeze_observer_epoch', freeze_observer_epoch)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f'{key} must be None or an epoch >= 0, got {value!r}')
+        self.freeze_bn_epoch, self.freeze_observer_epoch = freeze_bn_epoch, \
+            freeze_observer_epoch
         self.network = prepare_qat_network(network, input_size, per_channel)
         self._activation_quantizers = set(activation_quantizers(self.network))
         self._head = (head, )  # loss and predictions only; not a submodule
@@ -358,6 +258,17 @@ class QATClassifier(BaseModel):
     def head(self) -> nn.Module:
         return self._head[0]
 
+    def frozen(self) -> Tuple[bool, bool]:
+        """Whether the BN statistics and the observed ranges are frozen now, from the
+        Runner's current epoch (nothing is frozen outside a training run)."""
+        from mmengine.logging import MessageHub
+        hub = MessageHub.get_current_instance() if MessageHub._instance_dict else None
+        epoch = hub.get_info('epoch') if hub is not None else None
+        if epoch is None:
+            return False, False
+        return tuple(limit is not None and epoch >= limit
+                     for limit in (self.freeze_bn_epoch, self.freeze_observer_epoch))
+
     def train(self, mode: bool = True) -> 'QATClassifier':
         from torchao.quantization.pt2e import (
             move_exported_model_to_eval,
@@ -365,15 +276,24 @@ class QATClassifier(BaseModel):
         )
         self.training = mode
         self.data_preprocessor.train(mode)
-        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.network)
+        bn_frozen, ranges_frozen = self.frozen() if mode else (True, True)
+        # a frozen BN normalises with its running statistics and no longer updates them
+        (move_exported_model_to_eval if bn_frozen else move_exported_model_to_train)(
+            self.network)
         # ranges follow the training data only: evaluation never moves them
         frozen = self._activation_quantizers if self.activation_ranges == 'calibrated' \
             else set()
         for name, fq in fake_quantizers(self.network):
-            fq.enable_observer(mode and name not in frozen)
+            fq.enable_observer(mode and not ranges_frozen and name not in frozen)
         return self
 
     def forward(self, inputs: Tensor, data_samples=None, mode: str = 'tensor'):
+        if torch.is_autocast_enabled() or (
+                hasattr(torch, 'is_autocast_cpu_enabled') and torch.is_autocast_cpu_enabled()):
+            raise RuntimeError(
+                'mixed precision (--amp, AmpOptimWrapper) does not fit QAT: fake '
+                'quantization in bf16/fp16 rounds to another grid than the INT8 file '
+                'computes; train QAT in fp32')
         logits = self.network(inputs)
         if mode == 'tensor':
             return logits

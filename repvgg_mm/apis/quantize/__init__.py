@@ -5,13 +5,15 @@ Runner (torchao, :mod:`.qat`), both written as QDQ ONNX models whose Q/DQ placem
 from .ptq import CALIBRATION_METHODS, quantize_onnx
 from .qat import (
     calibrate,
-    export_qat_onnx,
+    check_qat_options,
     float_config,
     quantization_aware_training,
     start_qat,
 )
-from .qdq import check_tensorrt_placement, count_qdq_nodes, qdq_structure
+from .qat_export import export_qat_onnx, tensorrt_path
+from .qdq import check_tensorrt_placement, count_qdq_nodes, qdq_structure, quantize_biases
 
 __all__ = ['CALIBRATION_METHODS', 'calibrate', 'check_tensorrt_placement', 'count_qdq_nodes',
-           'export_qat_onnx', 'float_config', 'qdq_structure', 'quantization_aware_training',
-           'quantize_onnx', 'start_qat']
+           'check_qat_options', 'export_qat_onnx', 'float_config', 'qdq_structure',
+           'quantization_aware_training', 'quantize_biases', 'quantize_onnx', 'start_qat',
+           'tensorrt_path']

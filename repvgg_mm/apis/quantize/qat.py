@@ -9,28 +9,25 @@ The steps, each a function here:
    INT8 ranges are calibrated on training images as ``tools/quantize.py`` does
    (seeded draw from the train split through the test pipeline, min-max).
 2. The Runner trains it like any model (resume, checkpoints, logs, distributed).
-3. :func:`export_qat_onnx` -- torchao's ``convert_pt2e`` folds each BN into its conv
-   and turns the fake quantizers into quantize/dequantize ops; torch's ONNX exporter
-   writes them as QuantizeLinear/DequantizeLinear (the weights as INT8 constants) and
-   the placement TensorRT needs is checked (:mod:`.qdq`).
+3. :func:`~.qat_export.export_qat_onnx` -- BNs folded, fake quantizers turned into
+   QuantizeLinear/DequantizeLinear (weights as INT8 constants, biases on the INT32 grid
+   the runtimes compute with), one file for ONNX Runtime and one for TensorRT, each
+   placement checked (:mod:`.qdq`), and the ONNX Runtime file's predictions checked
+   against the trained model on val images before anything is kept.
 
 :func:`quantization_aware_training` runs all three and evaluates the written file in
 ONNX Runtime.
 """
 import copy
-import io
 from typing import Dict, Iterator, Optional
 
-import numpy as np
 import torch
 from mmengine.config import Config
 
-from repvgg_mm.fileio import check_output_paths
+from repvgg_mm.fileio import atomic_path, check_output_paths
 from repvgg_mm.models.qat import (
     LogitsNetwork,
     QATClassifier,
-    conv2d_patterns_only,
-    example_input,
     fake_quantizer_names,
     fake_quantizers,
     insert_bn,
@@ -40,35 +37,52 @@ from repvgg_mm.models.qat import (
 )
 
 from ..export import (
-    INPUT_KEY,
     atomic_output,
     evaluate_onnx,
     image_batches,
-    ort_session,
     relative_difference,
     require_deploy_packages,
 )
 from ..reparam import load_fused_model
-from .qdq import check_tensorrt_placement, quantize_conv_outputs
+from .qat_export import MIN_AGREEMENT, export_qat_onnx, tensorrt_path
 
-QAT_DEFAULTS = dict(bn_images=256, calib_images=256, seed=0)
-QAT_OPSET = 18  # the lowest torch's ONNX exporter (torch.export-based) writes
+QAT_DEFAULTS = dict(bn_images=256, calib_images=256, seed=0, check_images=1000,
+                    min_agreement=MIN_AGREEMENT)
 
 
 def qat_settings(cfg: Config) -> dict:
     """The config's ``qat`` dict over :data:`QAT_DEFAULTS` (images for the BN
-    statistics, calibration images, seed of both draws)."""
+    statistics, calibration images, seed of both draws, val images the exported file
+    is checked on and the agreement it needs with the trained model)."""
     settings = dict(QAT_DEFAULTS)
     unknown = set(cfg.get('qat') or {}) - set(QAT_DEFAULTS)
     if unknown:
         raise KeyError(f'config {cfg.filename!r}: unknown qat keys {sorted(unknown)}; '
                        f'expected {sorted(QAT_DEFAULTS)}')
     settings.update(cfg.get('qat') or {})
-    for key in ('bn_images', 'calib_images'):
+    for key in ('bn_images', 'calib_images', 'check_images'):
         if not isinstance(settings[key], int) or settings[key] < 1:
             raise ValueError(f'config {cfg.filename!r}: qat.{key} must be an integer >= 1, '
                              f'got {settings[key]!r}')
+    if not 0 <= settings['min_agreement'] <= 1:
+        raise ValueError(f'config {cfg.filename!r}: qat.min_agreement must be in [0, 1], got '
+                         f'{settings["min_agreement"]!r}')
     return settings
+
+
+def check_qat_options(cfg: Config) -> None:
+    """Refuse, in one line, the options that do not fit quantization-aware training:
+    ``compile`` (the step fails after graph breaks in the fake-quantized graph) and
+    mixed precision (fake quantization in bf16/fp16 rounds to another grid than the
+    INT8 file computes: eval logits 0.23 off the fp32 fake-quant model's, measured)."""
+    if cfg.get('compile'):
+        raise ValueError(f'config {cfg.filename!r}: compile does not fit quantization-aware '
+                         'training; remove configs/_base_/options/compile.py from its _base_')
+    wrapper = cfg.get('optim_wrapper') or {}
+    if wrapper.get('type') == 'AmpOptimWrapper' or wrapper.get('dtype') in (
+            'float16', 'bfloat16', torch.float16, torch.bfloat16):
+        raise ValueError(f'config {cfg.filename!r}: mixed precision (AmpOptimWrapper, '
+                         '--amp) does not fit quantization-aware training; train in fp32')
 
 
 def float_config(cfg: Config) -> Config:
@@ -202,60 +216,6 @@ def start_qat(model: QATClassifier, cfg: Config, checkpoint: str,
                 fake_quantizers=len(fake_quantizers(model.network)))
 
 
-def convert_qat_network(model: QATClassifier) -> torch.nn.Module:
-    """The trained network with BNs folded and fake quantizers turned into
-    quantize/dequantize ops (torchao's ``convert_pt2e``), on the CPU, eval mode."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-    network = copy.deepcopy(model.network).cpu()
-    move_exported_model_to_eval(network)
-    with conv2d_patterns_only():
-        return convert_pt2e(network)
-
-
-def export_qat_onnx(model: QATClassifier, path: str, batch_size: int = 2) -> dict:
-    """Write the trained ``model`` as an INT8 QDQ ONNX file at ``path`` (a temporary
-    path: the caller renames it), check the Q/DQ placement and run it in ONNX Runtime
-    against the converted PyTorch network.
-
-    Returns:
-        dict: ``opset``, ``convs``, ``int8_convs``, ``qdq_nodes``, ``max_abs_diff`` and
-        ``agreement`` (same top-1 on the random verification batch) of ONNX Runtime
-        against PyTorch.
-    """
-    import onnx
-    converted = convert_qat_network(model)
-    size = model.input_size
-    exported = torch.export.export(converted, example_input(size),
-                                   dynamic_shapes=({0: torch.export.Dim('batch')}, ))
-    with torch.no_grad():
-        program = torch.onnx.export(exported, example_input(size), dynamo=True,
-                                    opset_version=QAT_OPSET, input_names=['input'],
-                                    output_names=['logits'], external_data=False,
-                                    verbose=False)
-    buffer = io.BytesIO()
-    program.save(buffer)
-    proto = onnx.load_from_string(buffer.getvalue())
-    quantize_conv_outputs(proto)
-    onnx.checker.check_model(proto)
-    meta = proto.metadata_props.add()
-    meta.key, meta.value = INPUT_KEY, 'normalized'
-    onnx.save(proto, path)
-    structure = check_tensorrt_placement(path)
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(batch_size, 3, size, size, generator=generator)
-    with torch.no_grad():
-        expected = converted(batch).numpy()
-    got = ort_session(path).run(None, {'input': batch.numpy()})[0]
-    if not np.isfinite(got).all():
-        raise RuntimeError('the INT8 model gives non-finite logits in ONNX Runtime')
-    return dict(opset=QAT_OPSET, convs=structure['convs'], int8_convs=structure['int8_convs'],
-                qdq_nodes=structure['ops'].get('QuantizeLinear', 0)
-                + structure['ops'].get('DequantizeLinear', 0),
-                max_abs_diff=float(np.abs(expected - got).max()),
-                agreement=float((expected.argmax(1) == got.argmax(1)).mean()))
-
-
 def quantization_aware_training(cfg: Config, checkpoint: str, output: str,
                                 resume: bool = False, evaluate: bool = True) -> dict:
     """From a float ``checkpoint`` (training-time or fused, any format the project
@@ -270,9 +230,10 @@ def quantization_aware_training(cfg: Config, checkpoint: str, output: str,
     anew).
 
     Returns:
-        dict: ``output``, ``work_dir``, ``resumed_from``, ``start`` (see
-        :func:`start_qat`; None when resumed), ``export`` (see :func:`export_qat_onnx`)
-        and, when evaluated, ``val_images``, ``int8_top1``, ``int8_img_s``.
+        dict: ``output``, ``tensorrt_output`` (``<output stem>_tensorrt.onnx``),
+        ``work_dir``, ``resumed_from``, ``start`` (see :func:`start_qat`; None when
+        resumed), ``export`` (see :func:`~.qat_export.export_qat_onnx`) and, when
+        evaluated, ``val_images``, ``int8_top1``, ``int8_img_s``.
     """
     from mmengine.dist import barrier, is_main_process
     from mmengine.model import is_model_wrapper
@@ -283,8 +244,11 @@ def quantization_aware_training(cfg: Config, checkpoint: str, output: str,
 
     require_deploy_packages()
     require_torchao()
-    qat_settings(cfg)
-    check_output_paths({'OUTPUT': output}, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint})
+    settings = qat_settings(cfg)
+    check_qat_options(cfg)
+    trt_output = tensorrt_path(output)
+    check_output_paths({'OUTPUT': output, 'TensorRT file': trt_output},
+                       {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint})
     loaded = load_fused_model(float_config(cfg), checkpoint)  # another arch, NaN: refused
     resumed_from = find_resumable_checkpoint(cfg.work_dir) if resume else None
     cfg = copy.deepcopy(cfg)
@@ -309,8 +273,12 @@ def quantization_aware_training(cfg: Config, checkpoint: str, output: str,
     report = dict(output=output, work_dir=cfg.work_dir, resumed_from=resumed_from,
                   start=start)
     if is_main_process():
-        with atomic_output(output, {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint}) as tmp:
-            report['export'] = export_qat_onnx(model, tmp)
+        inputs = {'CONFIG': cfg.filename, 'CHECKPOINT': checkpoint}
+        with atomic_output(output, inputs) as tmp, atomic_path(trt_output) as trt_tmp:
+            report['export'] = export_qat_onnx(
+                model, tmp, cfg, tensorrt=trt_tmp, check_images=settings['check_images'],
+                min_agreement=settings['min_agreement'])
+        report['tensorrt_output'] = trt_output
         if evaluate:
             result = evaluate_onnx(output, cfg, 'val')
             report.update(val_images=result['images'], int8_top1=result['top1'],
