@@ -37,18 +37,17 @@ def test_an_export_that_disagrees_with_the_trained_model_writes_nothing(
     class): the check on the val images refuses it in one line with both top-1s, and
     neither file is left."""
     from repvgg_mm.apis.quantize import qat_export
-    real = qat_export.round_biases_to_int32_grid
+    real = qat_export._to_onnx
 
-    def scrambled(gm):  # the file's logits rolled by one class: every top-1 moves
-        count = real(gm)
+    def rolled(gm, size):  # the file's logits rolled by one class: every top-1 moves
         output = next(n for n in gm.graph.nodes if n.op == 'output')
         with gm.graph.inserting_before(output):
-            rolled = gm.graph.call_function(torch.ops.aten.roll.default,
-                                            (output.args[0][0], [1], [1]))
-        output.args = ((rolled, ), )
+            shifted = gm.graph.call_function(torch.ops.aten.roll.default,
+                                             (output.args[0][0], [1], [1]))
+        output.args = ((shifted, ), )
         gm.recompile()
-        return count
-    monkeypatch.setattr(qat_export, 'round_biases_to_int32_grid', scrambled)
+        return real(gm, size)
+    monkeypatch.setattr(qat_export, '_to_onnx', rolled)
     out = tmp_path / 'out' / 'int8.onnx'
     status, out_text, err = tool_in_process('qat.py', QAT_CONFIG, float_checkpoint, str(out),
                                      '--work-dir', str(tmp_path / 'work'), '--no-eval',
@@ -75,7 +74,7 @@ def test_bn_statistics_and_ranges_freeze_from_their_epochs_also_after_resume(
     work = tmp_path / 'work'
     options = [*_data(tiny_data), 'train_cfg.max_epochs=3', 'param_scheduler.end=3',
                'model.freeze_bn_epoch=1', 'model.freeze_observer_epoch=2',
-               'default_hooks.checkpoint.interval=1',
+               'default_hooks.checkpoint.interval=1', 'train_cfg.val_interval=10',
                # random weights: logits within a hair of each other, which the INT8
                # kernels' rounding reorders; the export check is another test's
                'qat.min_agreement=0']

@@ -6,7 +6,9 @@ usage() { echo "usage: tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py option
 [ $# -ge 3 ] || usage "expected at least 3 arguments, got $#"
 [[ "${3}" =~ ^[1-9][0-9]*$ ]] || usage "GPUS must be a positive integer (the number of processes), got '${3}'"
 [[ "$1" == *::* ]] || [ -f "$1" ] || usage "config file '$1' does not exist"
-[ -f "$2" ] || usage "checkpoint '$2' does not exist"
+# a URL or a zoo name (repvgg-a0) is fetched by test.py, once per node
+[[ "$2" == *://* ]] || { [[ "$2" != */* ]] && [[ "$2" != *.* ]]; } || [ -f "$2" ] || \
+    usage "checkpoint '$2' does not exist"
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

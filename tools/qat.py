@@ -80,8 +80,11 @@ def main() -> int:
           f"{e['tensorrt']['min_weight_code']})")
     print(f"checked on {e['check_images']} val images: ONNX Runtime top-1 "
           f"{e['ort_top1']:.2f} % (optimisations off: {e['ort_plain_top1']:.2f} %, same "
-          f"prediction on {100 * e['ort_optimised_vs_plain']:.2f} %), trained fake-quant "
-          f"model {e['trained_top1']:.2f} %, agreement {100 * e['agreement']:.2f} %")
+          f"prediction on {100 * e['ort_optimised_vs_plain']:.2f} %), the QAT model's "
+          f"{e['trained_top1']:.2f} %, agreement {100 * e['agreement']:.2f} % (TensorRT "
+          f"file, run as written: {100 * e['tensorrt_file_agreement']:.2f} %; biases on "
+          f"the INT32 grid moved {100 * (1 - e['bias_rounding_agreement']):.2f} % of the "
+          'training graph\'s predictions)')
     if 'int8_top1' in r:
         print(f"val set: {r['val_images']} images; INT8 top-1 in ONNX Runtime "
               f"{r['int8_top1']:.2f} % ({r['int8_img_s']:.1f} img/s)")

@@ -1,4 +1,5 @@
 from .convert import convert_checkpoint
+from .fetch_gate import fetch_on_each_node, needs_fetch
 from .formats import (
     FORMATS,
     KeyFormat,
@@ -25,8 +26,9 @@ from .zoo import DownloadError, cache_dir, fetch_url, published_url, resolve_che
 
 __all__ = ['CheckpointError', 'DownloadError', 'FORMATS', 'KeyFormat',
            'allow_training_checkpoints', 'block_variant_of', 'cache_dir', 'check_finite',
-           'convert_checkpoint', 'detect_format', 'extract_state_dict', 'fetch_url',
+           'convert_checkpoint', 'detect_format', 'extract_state_dict', 'fetch_on_each_node',
+           'fetch_url',
            'guess_arch', 'is_fused', 'load_checkpoint_file', 'load_pretrained_into',
            'load_state_dict_strict', 'load_weights_into', 'published_url', 'read_checkpoint',
-           'read_state_dict', 'resolve_checkpoint', 'save_atomic', 'to_ours',
+           'needs_fetch', 'read_state_dict', 'resolve_checkpoint', 'save_atomic', 'to_ours',
            'trusted_checkpoint_globals']

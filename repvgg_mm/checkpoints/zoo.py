@@ -34,6 +34,7 @@ job. Reading the file itself is left to the safe loader
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import http.client
@@ -79,9 +80,17 @@ def _metafiles() -> List[str]:
 def model_index() -> Dict[str, dict]:
     """Every model entry of the metafiles, by lower-case name; ``config_path`` is the
     entry's ``Config`` (``configs/...``, relative to the repository as in MMPretrain's
-    metafiles) in this installation."""
+    metafiles) in this installation. Read once per change of the metafiles (every
+    checkpoint load asks several times); the caller gets its own copy of each entry."""
+    files = _metafiles()
+    key = tuple((path, os.stat(path).st_mtime_ns) for path in files)
+    return {name: dict(entry) for name, entry in _read_index(key).items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _read_index(key: tuple) -> Dict[str, dict]:
     index: Dict[str, dict] = {}
-    for path in _metafiles():
+    for path, _ in key:
         with open(path) as f:
             content = yaml.safe_load(f) or {}
         for entry in content.get('Models', []):

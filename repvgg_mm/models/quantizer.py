@@ -2,8 +2,9 @@
 scheme the exported files need, the fake quantizers of a prepared graph, and the
 quantization state made equal across ranks."""
 import contextlib
+import copy
 import logging
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -192,3 +193,66 @@ def average_across_ranks(module: nn.Module) -> int:
             fq.scale.resize_(scale.shape).copy_(scale)
             fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
     return len(buffers)
+
+
+def convert_qat_network(model: nn.Module) -> torch.nn.Module:
+    """The trained network (``model.network``, a prepared QAT graph) with BNs folded
+    and fake quantizers turned into quantize/dequantize ops (torchao's
+    ``convert_pt2e``), on the CPU, eval mode."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+    network = copy.deepcopy(model.network).cpu()
+    move_exported_model_to_eval(network)
+    with conv2d_patterns_only():
+        return convert_pt2e(network)
+
+
+def _is_op(node, name: str) -> bool:
+    return node.op == 'call_function' and name in str(node.target)
+
+
+def _attr(gm: torch.nn.Module, node) -> Optional[torch.Tensor]:
+    if node is None or node.op != 'get_attr':
+        return None
+    value = gm
+    for part in str(node.target).split('.'):
+        value = getattr(value, part)
+    return value
+
+
+@torch.no_grad()
+def round_biases_to_int32_grid(gm: torch.nn.Module) -> int:
+    """Put every conv and linear bias of a converted network on its INT32 grid, in
+    place: ``round(b / s) * s`` with ``s = input scale x weight scale`` in float32, the
+    values :func:`~.qdq.quantize_biases` stores in the file.
+
+    Returns:
+        int: the number of biases rounded.
+    """
+    rounded = 0
+    for node in gm.graph.nodes:
+        if not (_is_op(node, 'aten.conv2d') or _is_op(node, 'aten.linear')) or \
+                len(node.args) < 3 or node.args[2] is None:
+            continue
+        act, weight, bias = node.args[0], node.args[1], _attr(gm, node.args[2])
+        if bias is None or not _is_op(act, 'dequantize_per_tensor') or \
+                not _is_op(weight, 'dequantize_per'):
+            continue
+        x_scale = torch.tensor(float(act.args[1]), dtype=torch.float32)
+        w_scale = weight.args[1]
+        w_scale = _attr(gm, w_scale) if hasattr(w_scale, 'op') else torch.tensor(
+            float(w_scale))
+        scale = (x_scale * w_scale.float()).expand_as(bias).float()
+        bias.copy_((bias.double() / scale.double()).round().float() * scale)
+        rounded += 1
+    return rounded
+
+
+def int8_network(model: nn.Module) -> torch.nn.Module:
+    """What the INT8 files compute, as a PyTorch network: :func:`convert_qat_network`
+    with the biases on their INT32 grid (:func:`round_biases_to_int32_grid`)."""
+    network = convert_qat_network(model)
+    if not round_biases_to_int32_grid(network):
+        raise RuntimeError('no conv or linear bias of the converted network found to put on '
+                           'the INT32 grid; the export does not know this graph')
+    return network

@@ -210,6 +210,7 @@ def start_qat(model: QATClassifier, cfg: Config, checkpoint: str,
     images = calibrate(model.network, _tensors(cfg, settings['calib_images'],
                                                settings['seed'], device))
     model.started.fill_(1)
+    model.forget_int8()
     model.train(model.training)
     return dict(bn_images=bn_images, calib_images=images,
                 bn_max_rel_diff=rel_diff,

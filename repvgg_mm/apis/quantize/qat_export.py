@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import torch
 from mmengine.config import Config
 
-from repvgg_mm.models.qat import QATClassifier, conv2d_patterns_only, example_input
+from repvgg_mm.models.qat import QATClassifier, example_input
 
 from ..export import INPUT_KEY, image_batches
 from ..runtimes import runtime_session
@@ -41,58 +41,6 @@ def tensorrt_path(output: str) -> str:
     """Where the TensorRT file of ``output`` goes: ``<stem>_tensorrt.onnx`` beside it."""
     stem, _ = osp.splitext(output)
     return f'{stem}_tensorrt.onnx'
-
-
-def convert_qat_network(model: QATClassifier) -> torch.nn.Module:
-    """The trained network with BNs folded and fake quantizers turned into
-    quantize/dequantize ops (torchao's ``convert_pt2e``), on the CPU, eval mode."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-    network = copy.deepcopy(model.network).cpu()
-    move_exported_model_to_eval(network)
-    with conv2d_patterns_only():
-        return convert_pt2e(network)
-
-
-def _is_op(node, name: str) -> bool:
-    return node.op == 'call_function' and name in str(node.target)
-
-
-def _attr(gm: torch.nn.Module, node) -> Optional[torch.Tensor]:
-    if node is None or node.op != 'get_attr':
-        return None
-    value = gm
-    for part in str(node.target).split('.'):
-        value = getattr(value, part)
-    return value
-
-
-@torch.no_grad()
-def round_biases_to_int32_grid(gm: torch.nn.Module) -> int:
-    """Put every conv and linear bias of a converted network on its INT32 grid, in
-    place: ``round(b / s) * s`` with ``s = input scale x weight scale`` in float32, the
-    values :func:`~.qdq.quantize_biases` stores in the file.
-
-    Returns:
-        int: the number of biases rounded.
-    """
-    rounded = 0
-    for node in gm.graph.nodes:
-        if not (_is_op(node, 'aten.conv2d') or _is_op(node, 'aten.linear')) or \
-                len(node.args) < 3 or node.args[2] is None:
-            continue
-        act, weight, bias = node.args[0], node.args[1], _attr(gm, node.args[2])
-        if bias is None or not _is_op(act, 'dequantize_per_tensor') or \
-                not _is_op(weight, 'dequantize_per'):
-            continue
-        x_scale = torch.tensor(float(act.args[1]), dtype=torch.float32)
-        w_scale = weight.args[1]
-        w_scale = _attr(gm, w_scale) if hasattr(w_scale, 'op') else torch.tensor(
-            float(w_scale))
-        scale = (x_scale * w_scale.float()).expand_as(bias).float()
-        bias.copy_((bias.double() / scale.double()).round().float() * scale)
-        rounded += 1
-    return rounded
 
 
 def _to_onnx(converted: torch.nn.Module, size: int):
@@ -119,47 +67,52 @@ def _save(proto, path: str) -> None:
 
 
 @torch.no_grad()
-def check_agreement(model: QATClassifier, converted: torch.nn.Module, onnx_path: str,
-                    cfg: Config, images: int) -> Dict[str, float]:
-    """Top-1 of the trained fake-quant model, of its converted network, and of
-    ``onnx_path`` in ONNX Runtime with graph optimisations on and off, on up to
-    ``images`` of the config's val images, and how often each agrees with the trained
-    model (and ONNX Runtime's two runs with each other)."""
+def check_agreement(model: QATClassifier, onnx_path: str, cfg: Config,
+                    images: int, tensorrt: Optional[str] = None) -> Dict[str, float]:
+    """On up to ``images`` of the config's val images: top-1 of the QAT model in eval
+    mode (what the INT8 files compute, in PyTorch), of ``onnx_path`` in ONNX Runtime with
+    graph optimisations on and off, and of the training graph (float biases); how often
+    ONNX Runtime agrees with the QAT model, its two runs with each other, and the
+    training graph with the QAT model (what rounding the biases moved); with
+    ``tensorrt``, also that file's predictions (run as written, in ONNX Runtime with its
+    optimisations off) against the QAT model."""
     was_training = model.training
     model.eval()
     device = next(model.network.parameters()).device
     optimised = runtime_session(onnx_path, 'onnxruntime')
     plain = runtime_session(onnx_path, 'onnxruntime-plain')
-    counts = dict(correct_trained=0, correct_converted=0, correct_ort=0, correct_plain=0,
-                  ort_trained=0, ort_plain=0, converted_trained=0, total=0)
+    trt = runtime_session(tensorrt, 'onnxruntime-plain') if tensorrt else None
+    keys = ('qat', 'graph', 'ort', 'plain')
+    correct = dict.fromkeys(keys, 0)
+    agree = dict(ort=0, plain=0, graph=0, trt=0)
+    total = 0
     try:
         for batch, labels in image_batches(cfg, 'val', normalized=True, limit=images):
-            trained = model.network(torch.from_numpy(batch).to(device)).argmax(1).cpu().numpy()
-            conv = converted(torch.from_numpy(batch)).argmax(1).numpy()
-            ort = optimised(batch).argmax(1)
-            raw = plain(batch).argmax(1)
-            counts['correct_trained'] += int((trained == labels).sum())
-            counts['correct_converted'] += int((conv == labels).sum())
-            counts['correct_ort'] += int((ort == labels).sum())
-            counts['correct_plain'] += int((raw == labels).sum())
-            counts['ort_trained'] += int((ort == trained).sum())
-            counts['ort_plain'] += int((ort == raw).sum())
-            counts['converted_trained'] += int((conv == trained).sum())
-            counts['total'] += len(labels)
+            x = torch.from_numpy(batch).to(device)
+            predicted = dict(qat=model(x).argmax(1).cpu().numpy(),
+                             graph=model.network(x).argmax(1).cpu().numpy(),
+                             ort=optimised(batch).argmax(1), plain=plain(batch).argmax(1))
+            for key in keys:
+                correct[key] += int((predicted[key] == labels).sum())
+            agree['ort'] += int((predicted['ort'] == predicted['qat']).sum())
+            agree['plain'] += int((predicted['ort'] == predicted['plain']).sum())
+            agree['graph'] += int((predicted['graph'] == predicted['qat']).sum())
+            if trt is not None:
+                agree['trt'] += int((trt(batch).argmax(1) == predicted['qat']).sum())
+            total += len(labels)
     finally:
         model.train(was_training)
-    total = counts['total']
     if total == 0:
         raise ValueError(f'the val split of config {cfg.filename!r} has no images to check '
                          'the INT8 file on')
-    return dict(check_images=total,
-                trained_top1=100.0 * counts['correct_trained'] / total,
-                converted_top1=100.0 * counts['correct_converted'] / total,
-                ort_top1=100.0 * counts['correct_ort'] / total,
-                ort_plain_top1=100.0 * counts['correct_plain'] / total,
-                agreement=counts['ort_trained'] / total,
-                ort_optimised_vs_plain=counts['ort_plain'] / total,
-                converted_agreement=counts['converted_trained'] / total)
+    extra = dict(tensorrt_file_agreement=agree['trt'] / total) if trt is not None else {}
+    return dict(check_images=total, trained_top1=100.0 * correct['qat'] / total, **extra,
+                ort_top1=100.0 * correct['ort'] / total,
+                ort_plain_top1=100.0 * correct['plain'] / total,
+                graph_top1=100.0 * correct['graph'] / total,
+                agreement=agree['ort'] / total,
+                ort_optimised_vs_plain=agree['plain'] / total,
+                bias_rounding_agreement=agree['graph'] / total)
 
 
 def export_qat_onnx(model: QATClassifier, path: str, cfg: Config,
@@ -179,11 +132,10 @@ def export_qat_onnx(model: QATClassifier, path: str, cfg: Config,
         ``tensorrt`` (the TensorRT file's structure, when written) and
         :func:`check_agreement`'s figures.
     """
-    converted = convert_qat_network(model)
-    rounded = round_biases_to_int32_grid(converted)
-    if not rounded:
-        raise RuntimeError('no conv or linear bias of the converted network found to put on '
-                           'the INT32 grid; the export does not know this graph')
+    was_training = model.training
+    model.eval()  # (restored by check_agreement)
+    # what the QAT model computes in eval mode, on the CPU for the exporter
+    converted = copy.deepcopy(model.int8_network()).cpu()
     proto = _to_onnx(converted, model.input_size)  # float biases, on the INT32 grid
     report = dict(opset=QAT_OPSET)
     if tensorrt is not None:  # TensorRT takes float biases (and quantizes them itself)
@@ -202,7 +154,8 @@ def export_qat_onnx(model: QATClassifier, path: str, cfg: Config,
                   qdq_nodes=structure['ops'].get('QuantizeLinear', 0)
                   + structure['ops'].get('DequantizeLinear', 0),
                   int32_biases=structure['int32_biases'])
-    check = check_agreement(model, converted, path, cfg, check_images)
+    check = check_agreement(model, path, cfg, check_images, tensorrt)
+    model.train(was_training)
     report.update(check)
     if check['agreement'] < min_agreement:
         raise RuntimeError(
