@@ -38,6 +38,33 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def serving(folder, handler_class):
+    """``(base URL, requests seen)`` of an HTTP server of ``folder`` on 127.0.0.1,
+    started here and stopped on exit: downloads are tested without the internet.
+    ``handler_class`` is a ``SimpleHTTPRequestHandler`` that appends each path to
+    ``self.server.requests``."""
+    import functools
+    import http.server
+    import threading
+    httpd = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(handler_class, directory=str(folder)))
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{httpd.server_address[1]}/', httpd.requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def sha256_file(path) -> str:
+    import hashlib
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

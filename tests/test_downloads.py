@@ -3,9 +3,6 @@ which files are hash-checked, nothing removed that a download did not write, one
 per cache entry (4 processes over a damaged cached file), one cache entry per URL, and
 the distributed gate with 2 gloo ranks (one download per node, a failure on one rank
 shared at once, a file in one node's cache only, ranks of one node sharing a cache)."""
-import contextlib
-import functools
-import hashlib
 import http.server
 import json
 import multiprocessing
@@ -14,14 +11,13 @@ import os.path as osp
 import re
 import shutil
 import sys
-import threading
 import time
 import traceback
 from datetime import timedelta
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, ROOT, free_port, randomize_bn, run_tool
+from conftest import DEMO_CONFIG, ROOT, free_port, randomize_bn, run_tool, serving, sha256_file
 
 from repvgg_mm.apis import build_model
 from repvgg_mm.checkpoints import CheckpointError, DownloadError, load_checkpoint_file, zoo
@@ -58,24 +54,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             super().do_GET()
 
 
-@contextlib.contextmanager
 def _serving(folder):
     """``(base URL, requests)`` of a server of ``folder`` on 127.0.0.1."""
-    httpd = http.server.ThreadingHTTPServer(
-        ('127.0.0.1', 0), functools.partial(_Handler, directory=str(folder)))
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f'http://127.0.0.1:{httpd.server_address[1]}/', httpd.requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    return serving(folder, _Handler)
 
 
-def _sha256(path):
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+_sha256 = sha256_file
 
 
 @pytest.fixture(scope='module')

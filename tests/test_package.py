@@ -78,18 +78,6 @@ def test_wheel_from_another_folder(installed_wheel, tiny_data, tmp_path):
     env = dict(os.environ, PYTHONPATH=target)
     user = tmp_path / 'my_project'
     user.mkdir()
-    probe = _run([sys.executable, '-c', (
-        'import repvgg_mm; from repvgg_mm.apis import get_model, list_models\n'
-        'print(repvgg_mm.__file__)\n'
-        "print(' '.join(list_models()))\n"
-        "print(type(get_model('repvgg-a0')).__name__)\n"
-        "print(type(get_model('repvgg-b1g2_deploy')).__name__)\n")],
-        cwd=str(user), env=env).stdout.split('\n')
-    assert probe[0] == osp.join(target, 'repvgg_mm', '__init__.py')  # not the clone's
-    assert probe[1].split() == list_models()  # every arch, as in the clone
-    assert {'repvgg-a0', 'repvgg-b3g4_deploy', 'repvggplus-l2pse'} <= set(list_models())
-    assert probe[2:4] == ['ImageClassifier', 'ImageClassifier']
-
     (user / 'my_a0.py').write_text(
         "_base_ = ['repvgg_mm::demo/repvgg-a0_demo.py']\n"
         f"data_root = {tiny_data!r}\n"
@@ -111,20 +99,30 @@ def test_wheel_from_another_folder(installed_wheel, tiny_data, tmp_path):
          cwd=str(user), env=env)
     assert (user / 'fused.pth').is_file() and (user / 'fused.py').is_file()
 
-    # weights from a file by pretrained=, and inference, from the installed package
+    # the zoo, get_model (by name, and a user config with weights from a file by
+    # pretrained=) and inference, from the installed package: one process
     image = glob.glob(osp.join(tiny_data, 'val', '*', '*.JPEG'))[0]
-    result = _run([sys.executable, '-c', (
-        'from repvgg_mm.apis import get_model, inference_model\n'
+    probe = _run([sys.executable, '-c', (
+        'import repvgg_mm; from repvgg_mm.apis import get_model, inference_model, '
+        'list_models\n'
+        'print(repvgg_mm.__file__)\n'
+        "print(' '.join(list_models()))\n"
+        "print(type(get_model('repvgg-a0')).__name__)\n"
+        "print(type(get_model('repvgg-b1g2_deploy')).__name__)\n"
         f"m = get_model('my_a0.py', pretrained={str(work_dir / 'epoch_1.pth')!r})\n"
         f"r = inference_model(m, {image!r})\n"
         "print(r['pred_label'], len(r['pred_scores']))\n")],
-        cwd=str(user), env=env).stdout.split()
-    assert 0 <= int(result[0]) < 10 and result[1] == '10'
+        cwd=str(user), env=env).stdout.split('\n')
+    assert probe[0] == osp.join(target, 'repvgg_mm', '__init__.py')  # not the clone's
+    assert probe[1].split() == list_models()  # every arch, as in the clone
+    assert {'repvgg-a0', 'repvgg-b3g4_deploy', 'repvggplus-l2pse'} <= set(list_models())
+    assert probe[2:4] == ['ImageClassifier', 'ImageClassifier']
+    label, scores = probe[4].split()
+    assert 0 <= int(label) < 10 and scores == '10'
 
-    listing = _run([entry], cwd=str(user), env=env, check=False)
-    assert listing.returncode == 2 and '  train ' in listing.stderr
     bad = _run([entry, 'trian'], cwd=str(user), env=env, check=False)
     assert bad.returncode == 2 and "unknown tool 'trian'" in bad.stderr
+    assert '  train ' in bad.stderr  # the list of tools
 
 
 def test_user_config_in_its_own_folder_inherits_from_the_clone(tmp_path):

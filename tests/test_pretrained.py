@@ -2,14 +2,11 @@
 a local HTTP server on 127.0.0.1 (never the internet), class names, tools/infer.py by
 name, load_from by name, the fine-tuning config, the segmentation example, and every
 bad download."""
-import functools
-import hashlib
 import http.server
 import os
 import os.path as osp
 import re
 import shutil
-import threading
 
 import pytest
 import torch
@@ -18,6 +15,8 @@ from conftest import (
     ROOT,
     free_port,
     randomize_bn,
+    serving,
+    sha256_file,
     tool_in_process,
 )
 from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
@@ -102,19 +101,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def server(tmp_path_factory):
     """``(base URL, folder, requests)`` of an HTTP server on 127.0.0.1 for this module."""
     folder = tmp_path_factory.mktemp('served')
-    handler = functools.partial(_Handler, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}/', folder, httpd.requests
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(folder, _Handler) as (base, requests):
+        yield base, folder, requests
 
 
-def _sha256(path):
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+_sha256 = sha256_file
 
 
 @pytest.fixture(scope='module')

@@ -309,9 +309,35 @@ def test_sigterm_says_where_the_last_checkpoint_is(tiny_data, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, err
     (line, ) = error_lines(err)
     assert line.startswith('train.py: interrupted by SIGTERM; the last complete checkpoint '
                            f'is {work}/epoch_')
     assert line.endswith(f'--work-dir {work} --resume')
     assert not [p for p in work.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_an_interruption_that_a_library_turned_into_another_error_stays_one(monkeypatch):
+    """MMEngine formats the config for each checkpoint with a bare ``except`` that
+    re-raises anything as SyntaxError: a SIGTERM arriving then must still end training
+    as an interruption (exit 143 and the resume hint), not as an error."""
+    from mmengine.runner import Runner
+
+    from repvgg_mm.cli import Interrupted
+    from repvgg_mm.engine.runner import RepVGGRunner
+
+    def formatting_interrupted(self):
+        try:
+            raise Interrupted('interrupted by SIGTERM', signal.SIGTERM)
+        except BaseException:  # as mmengine.Config.pretty_text does
+            raise SyntaxError('Failed to format the config file') from None
+    monkeypatch.setattr(Runner, 'train', formatting_interrupted)
+    runner = RepVGGRunner.__new__(RepVGGRunner)
+    with pytest.raises(Interrupted, match='SIGTERM'):
+        runner.train()
+
+    def plain_error(self):
+        raise SyntaxError('a real one')
+    monkeypatch.setattr(Runner, 'train', plain_error)
+    with pytest.raises(SyntaxError, match='a real one'):
+        runner.train()

@@ -32,6 +32,17 @@ _CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 _CODE_FIELDS = (('meta', 'config'), ('meta', 'cfg'), ('message_hub', 'runtime_info', 'cfg'))
 
 
+def _interruption_in(exc: BaseException) -> Optional[BaseException]:
+    """The ``KeyboardInterrupt`` among the exceptions ``exc`` was raised from, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def is_complete_checkpoint(path: str) -> bool:
     """Whether ``path`` is a whole ``torch.save`` file (a zip archive whose central
     directory, written last, is intact). A file cut short by a kill fails this
@@ -239,6 +250,21 @@ class RepVGGRunner(Runner):
             part.compile(**kwargs)
         self.logger.info(f"compile: {', '.join(names) or 'the model'} compiled with "
                          'torch.compile; the first iterations are slow')
+
+    def train(self):
+        """MMEngine's ``train``; an interruption (SIGTERM/SIGINT, raised as
+        ``KeyboardInterrupt`` by the tools' handlers) that a library turned into another
+        error on its way out stays an interruption. (MMEngine formats the config for
+        every checkpoint's meta with a bare ``except`` that re-raises anything as
+        ``SyntaxError: Failed to format the config file``: a SIGTERM arriving then
+        ended training as an error, without its resume hint.)"""
+        try:
+            return super().train()
+        except Exception as exc:
+            interrupt = _interruption_in(exc)
+            if interrupt is not None:
+                raise interrupt from None
+            raise
 
     @master_only  # as MMEngine's: only rank 0 writes
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
