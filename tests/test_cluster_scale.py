@@ -242,7 +242,7 @@ def test_spawned_workers_count_skipped_images_and_refuse_a_large_cache(tiny_data
     batches = list(_loader(dataset, multiprocessing_context='spawn'))
     assert sum(len(b) for b in batches) == len(dataset)
     assert take_skipped_count() >= 1  # counted in the spawned worker, seen here
-    import repvgg_mm.datasets.imagenet_layout as layout
+    import repvgg_mm.datasets.memory_cache as layout
     monkeypatch.setattr(layout, 'SPAWN_CACHE_LIMIT', 1000)
     cached = ImageNetLayoutDataset(data_root=str(root), split='val', pipeline=[],
                                    cache_mode='full')

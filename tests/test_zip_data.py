@@ -209,7 +209,7 @@ def test_cache_part_keeps_each_ranks_part_and_its_sampler_stays_on_it(zipped, mo
     the archive); SampleSeedSampler gives each rank only its part, every epoch, in a
     new order, equally long on every rank; 'full' holds all; one rank samples as
     without the cache."""
-    import repvgg_mm.datasets.imagenet_layout as layout
+    import repvgg_mm.datasets.memory_cache as layout
     from repvgg_mm.datasets import SampleSeedSampler
     with pytest.raises(ValueError, match="cache_mode must be None, 'part' or 'full'"):
         _cached(zipped, 'train', 'some')

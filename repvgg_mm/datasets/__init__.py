@@ -1,6 +1,7 @@
+from .class_count import count_classes, resolve_auto_num_classes
 from .demo_data import generate_demo_dataset
 from .gpu_loader import GPUDecodeLoader
-from .imagenet_layout import ImageNetLayoutDataset, count_classes, resolve_auto_num_classes
+from .imagenet_layout import ImageNetLayoutDataset
 from .loading import LoadImageChecked, image_is_complete
 from .samplers import SampleSeedSampler, SeededIndex, sample_seed, seed_everything
 from .tensor_transforms import (

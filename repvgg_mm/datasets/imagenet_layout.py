@@ -7,27 +7,21 @@ from array import array
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
-from mmengine import fileio
-from mmengine.dist import get_dist_info
-from mmengine.logging import print_log
 from mmpretrain.datasets import CustomDataset
 
 from repvgg_mm.registry import DATASETS
 
+from .memory_cache import CACHE_MODES, InMemoryCache
 from .samplers import seed_everything
 from .zip_backend import (
     archive_index,
-    backend_args_for,
     is_zip_path,
     list_members,
     split_zip_path,
 )
 
-CACHE_MODES = (None, 'part', 'full')
 # Listed zip members are looked up in chunks of this many lines (bounded memory).
 _CHECK_CHUNK = 65536
-# The largest in-memory cache a data-loader worker started by spawn/forkserver may copy.
-SPAWN_CACHE_LIMIT = 256 * 2**20
 
 
 def read_text_lines(path: str) -> Iterator[Tuple[int, str]]:
@@ -59,7 +53,7 @@ def expected_layout(split: str) -> str:
 
 
 @DATASETS.register_module()
-class ImageNetLayoutDataset(CustomDataset):
+class ImageNetLayoutDataset(InMemoryCache, CustomDataset):
     """An image classification split stored in the ImageNet layout.
 
     ``<data_root>/<split>_list.txt`` (lines ``<path relative to data_root> <label>``)
@@ -310,95 +304,6 @@ class ImageNetLayoutDataset(CustomDataset):
             return self._labels.copy()
         return super().get_gt_labels()
 
-    def _fill_cache(self) -> None:
-        """Read this rank's share of the files (all of them for ``'full'``) into one
-        buffer; ``_cache_at[i]`` is sample i's (offset, length); length -1 for a sample
-        of another rank's part, -2 for one of this part that could not be read now."""
-        rank, world = get_dist_info()
-        start, step = (rank, world) if self.cache_mode == 'part' else (0, 1)
-        at = np.full((len(self), 2), -1, dtype=np.int64)
-        buffer, missed = bytearray(), 0
-        # read as the pipeline's loading step reads (its file backend, if it names one)
-        backend_args = next((t.backend_args for t in getattr(self.pipeline, 'transforms', [])
-                             if getattr(t, 'backend_args', None)), None)
-        for index in range(start, len(self), step):
-            path = self._record(index)['img_path']
-            try:
-                data = fileio.get(path, backend_args=backend_args_for(path, backend_args))
-            except Exception:  # reported, or skipped, when the sample is loaded
-                missed += 1
-                at[index, 1] = -2
-                continue
-            at[index] = len(buffer), len(data)
-            buffer += data
-        self._cache = np.frombuffer(buffer, dtype=np.uint8) if buffer else \
-            np.zeros(0, dtype=np.uint8)
-        self._cache_at = at
-        cached = int((at[:, 1] >= 0).sum())
-        print_log(f'{self.split}: {cached} of {len(self)} images cached in memory '
-                  f'(cache_mode={self.cache_mode!r}, rank {rank} of {world}): '
-                  f'{len(buffer) / 2**20:.1f} MiB'
-                  + (f'; {missed} could not be read now and will be read when used'
-                     if missed else ''), logger='current')
-
-    def part_indices(self) -> List[int]:
-        """The samples of this rank's cached part (``cache_mode='part'``; all samples
-        otherwise), read or not: what :class:`SampleSeedSampler` draws from."""
-        if self._cache_at is None:
-            return list(range(len(self)))
-        return np.flatnonzero(self._cache_at[:, 1] != -1).tolist()
-
-    def _subset_rows(self, indices) -> np.ndarray:
-        rows = np.arange(len(self))
-        if isinstance(indices, int):  # MMEngine's meaning: the first / last |n|
-            return rows[:indices] if indices >= 0 else rows[indices:]
-        return rows[np.asarray(indices, dtype=np.int64)]
-
-    def get_subset_(self, indices) -> None:
-        """MMEngine's in-place subset; a cached sample keeps its bytes."""
-        self.full_init()
-        rows = self._subset_rows(indices)
-        super().get_subset_(indices)
-        self._take_rows(self, rows)
-
-    def get_subset(self, indices) -> 'ImageNetLayoutDataset':
-        """MMEngine's subset; a cached sample keeps its bytes, and the subset shares
-        the cache buffer (read-only) instead of copying it."""
-        self.full_init()
-        rows = self._subset_rows(indices)
-        subset = super().get_subset(indices)
-        self._take_rows(subset, rows)
-        return subset
-
-    def _take_rows(self, subset: 'ImageNetLayoutDataset', rows: np.ndarray) -> None:
-        """The per-sample arrays of ``subset``: this data set's ``rows``."""
-        if self._cache_at is not None:
-            subset._cache_at = self._cache_at[rows]
-        if self._labels is not None:
-            subset._labels = self._labels[rows]
-
-    def _copy_without_annotation(self, memo=None) -> 'ImageNetLayoutDataset':
-        memo = {} if memo is None else memo  # MMEngine's default dict is shared
-        if self._cache is not None:
-            memo[id(self._cache)] = self._cache  # shared, never written
-        return super()._copy_without_annotation(memo)
-
-    def __getstate__(self) -> dict:
-        """Pickled for a worker started by spawn or forkserver (a fork shares the
-        cache instead): refused, in one line, for a cache above
-        ``SPAWN_CACHE_LIMIT``, which would be copied into every worker."""
-        from multiprocessing.context import get_spawning_popen
-        state = dict(self.__dict__)
-        size = 0 if self._cache is None else self._cache.nbytes
-        if get_spawning_popen() is not None and size > SPAWN_CACHE_LIMIT:
-            raise RuntimeError(
-                f'cache_mode={self.cache_mode!r} holds {size / 2**20:.0f} MiB of images, '
-                'which a data-loader worker started by spawn or forkserver would copy '
-                f'(more than {SPAWN_CACHE_LIMIT // 2**20} MiB); use '
-                "multiprocessing_context='fork' on the loader (the shipped configs do) "
-                'or no cache_mode')
-        return state
-
     def _record(self, idx: int) -> dict:
         """MMEngine's record of sample ``idx``, its path and list line spelled out."""
         info = super().get_data_info(idx)
@@ -436,69 +341,3 @@ def _pack_records(records: Iterable[dict]) -> Tuple[np.ndarray, np.ndarray]:
         buffer += pickle.dumps(record, protocol=4)
         ends.append(len(buffer))
     return np.frombuffer(buffer, dtype=np.uint8), np.frombuffer(ends, dtype=np.int64)
-
-
-def count_classes(dataset_cfg: dict) -> Tuple[int, str]:
-    """The number of classes of a data set config, without reading its images:
-    ``metainfo.classes`` when given; else the highest label + 1 of its list file; else
-    its class folders (``<data_root>/<split>/*/``).
-
-    Returns:
-        tuple[int, str]: the count and where it came from, for the log.
-    """
-    classes = (dataset_cfg.get('metainfo') or {}).get('classes')
-    if classes:
-        return len(classes), 'metainfo.classes of the training data set'
-    data_root, split = dataset_cfg.get('data_root'), dataset_cfg.get('split', 'train')
-    if not data_root or not osp.isdir(data_root):
-        raise FileNotFoundError(f'num_classes="auto" counts the classes of the training data, '
-                                f'but its data_root {data_root!r} does not exist; expected the '
-                                f'layout {expected_layout(split)}')
-    list_file = dataset_cfg.get('list_file') or f'{split}_list.txt'
-    if osp.isfile(osp.join(data_root, list_file)):
-        with open(osp.join(data_root, list_file), encoding='utf-8') as f:
-            labels = [int(ln.rsplit(' ', 1)[1]) for ln in f if ln.strip()]
-        if not labels:
-            raise ValueError(f'{osp.join(data_root, list_file)} lists no images')
-        return max(labels) + 1, osp.join(data_root, list_file)
-    folder = osp.join(data_root, split)
-    archive = osp.join(data_root, f'{split}.zip')
-    if not osp.isdir(folder) and osp.isfile(archive):
-        classes = {m.split('/', 1)[0] for m in list_members(archive) if '/' in m}
-        if not classes:
-            raise ValueError(f'num_classes="auto": {archive!r} has no class folders')
-        return len(classes), f'the class folders of {archive}'
-    if not osp.isdir(folder):
-        raise FileNotFoundError(f'num_classes="auto": neither {list_file!r} nor the folder '
-                                f'{folder!r} exists; expected the layout '
-                                f'{expected_layout(split)}')
-    folders = [e.name for e in os.scandir(folder) if e.is_dir()]
-    if not folders:
-        raise ValueError(f'num_classes="auto": {folder!r} has no class folders; expected '
-                         f'the layout {expected_layout(split)}')
-    return len(folders), f'the class folders of {folder}'
-
-
-def resolve_auto_num_classes(cfg) -> Optional[str]:
-    """Replace ``num_classes='auto'`` (``model.head`` and the data preprocessors) by the
-    class count of ``train_dataloader.dataset`` (:func:`count_classes`), so a
-    fine-tuning config fits the user's folder of class sub-folders without editing.
-
-    Returns:
-        str | None: what was set and from where (for the log), or None when nothing
-        was ``'auto'``.
-    """
-    head = cfg.get('model', {}).get('head') or {}
-    preprocessors = [p for p in (cfg.get('data_preprocessor'),
-                                 cfg.get('model', {}).get('data_preprocessor'))
-                     if isinstance(p, dict)]
-    autos = [p for p in [head, *preprocessors] if p.get('num_classes') == 'auto']
-    if not autos:
-        return None
-    dataset = cfg.get('train_dataloader', {}).get('dataset')
-    if not isinstance(dataset, dict):
-        raise KeyError('num_classes="auto" needs train_dataloader.dataset to count classes')
-    count, source = count_classes(dataset)
-    for part in autos:
-        part['num_classes'] = count
-    return f'num_classes="auto": {count} classes ({source})'

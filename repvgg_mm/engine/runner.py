@@ -21,7 +21,7 @@ from repvgg_mm.checkpoints import (
     to_ours,
 )
 from repvgg_mm.checkpoints.fetch_gate import fetch_on_each_node
-from repvgg_mm.datasets.imagenet_layout import resolve_auto_num_classes
+from repvgg_mm.datasets.class_count import resolve_auto_num_classes
 from repvgg_mm.fileio import atomic_path, is_inside
 from repvgg_mm.registry import RUNNERS
 
