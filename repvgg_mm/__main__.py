@@ -49,13 +49,14 @@ def _usage(tools: Dict[str, str]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     tools = available_tools()
+    # the command line's own output (as repvgg_mm.cli.run_cli writes its errors)
     if argv and argv[0] in ('-h', '--help'):
-        print(_usage(tools), end='')
+        sys.stdout.write(_usage(tools))
         return 0
     if not argv or argv[0] not in tools:
         if argv:
-            print(f'repvgg-mm: error: unknown tool {argv[0]!r}', file=sys.stderr)
-        print(_usage(tools), end='', file=sys.stderr)
+            sys.stderr.write(f'repvgg-mm: error: unknown tool {argv[0]!r}\n')
+        sys.stderr.write(_usage(tools))
         return 2
     script = tools[argv[0]]
     if script.endswith('.sh'):
@@ -69,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         code = exc.code
         if code is None or isinstance(code, int):
             return code or 0
-        print(code, file=sys.stderr)
+        sys.stderr.write(f'{code}\n')
         return 1
     return 0
 

@@ -13,10 +13,15 @@ folders it created are removed again. A folder that cannot be created (a file is
 the way, no permission) is refused by :func:`check_output_paths` up front.
 """
 import contextlib
+import errno
+import fcntl
 import os
 import os.path as osp
 import tempfile
 from typing import IO, Callable, Dict, Iterator, Optional
+
+# errors of a file system without working ``flock``
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class OutputPathError(ValueError):
@@ -168,3 +173,51 @@ def make_folders(*paths: str) -> list:
             os.makedirs(folder, exist_ok=True)
             created.append(folder)
     return created
+
+
+def fsync_path(path: str) -> None:
+    """Flush a written file -- or a folder, to make the renames in it durable -- to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """Hold ``fcntl.flock`` on ``<path>.lock``, for processes on one machine (or sharing
+    a file system with working locks) that write ``path``. The holder removes the lock
+    file when it is done; a waiter that then holds the lock of a removed file takes the
+    new one (the inode check), so the removal never lets two processes in at once. On a
+    file system without locks a warning is logged and the block runs unlocked."""
+    from mmengine.logging import print_log
+    lock, folder = path + '.lock', osp.dirname(osp.abspath(path))
+    while True:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held, current = os.fstat(fd), os.stat(lock)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in _NO_LOCKS:
+                raise
+            print_log(f'{folder} does not support file locks ({exc.strerror}); concurrent '
+                      f'writers of {path} are not coordinated', logger='current', level=30)
+            with contextlib.suppress(OSError):
+                os.remove(lock)
+            yield
+            return
+        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+            break
+        os.close(fd)  # the lock file was replaced after we opened it
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+        os.close(fd)

@@ -93,14 +93,25 @@ def relative_difference(reference: np.ndarray, other: np.ndarray) -> Tuple[float
     return abs_diff, abs_diff / max(float(np.abs(reference).max()), 1e-12)
 
 
-def ort_session(path: str, threads: Optional[int] = None):
-    """An ONNX Runtime CPU session for ``path``."""
+def ort_session(path: str, threads: Optional[int] = None, optimised: bool = True):
+    """An ONNX Runtime CPU session for ``path``; ``optimised=False`` turns its graph
+    optimisations off (every QuantizeLinear/DequantizeLinear computed as written)."""
     require_deploy_packages()
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not optimised:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def set_input_kind(proto, kind: str) -> None:
+    """Record in an ONNX model's metadata what its input is (``'normalized'`` or
+    ``'raw'`` 0-255 RGB; read by :func:`onnx_input_kind`), unless it says already."""
+    if not any(p.key == INPUT_KEY for p in proto.metadata_props):
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = INPUT_KEY, kind
 
 
 def export_model(model: LogitsModel, path: str, input_size: int, opset: int = OPSET,
@@ -124,8 +135,7 @@ def export_model(model: LogitsModel, path: str, input_size: int, opset: int = OP
         torch.onnx.export(model.eval(), example, buffer, dynamo=dynamo, **kwargs)
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
-    meta = proto.metadata_props.add()
-    meta.key, meta.value = INPUT_KEY, 'raw' if model.normalize else 'normalized'
+    set_input_kind(proto, 'raw' if model.normalize else 'normalized')
     onnx.save(proto, path)
 
 

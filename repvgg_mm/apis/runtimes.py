@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 from mmengine.config import Config
 
-from .export import image_batches, onnx_input_kind, require_deploy_packages
+from .export import image_batches, onnx_input_kind, ort_session
 
 RUNTIMES = ('onnxruntime', 'onnxruntime-plain', 'openvino')
 OPENVINO_INSTALL = 'pip install -r requirements/openvino.txt (or pip install "repvgg_mm[openvino]")'
@@ -53,14 +53,7 @@ def runtime_session(path: str, runtime: str = 'onnxruntime',
         config = {'INFERENCE_NUM_THREADS': threads} if threads else {}
         compiled = ov.Core().compile_model(path, 'CPU', config)
         return lambda images: compiled(images)[0]
-    require_deploy_packages()
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    if runtime == 'onnxruntime-plain':
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    session = ort_session(path, threads, optimised=runtime == 'onnxruntime')
     return lambda images: session.run(None, {'input': images})[0]
 
 

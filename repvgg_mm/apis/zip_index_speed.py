@@ -93,17 +93,27 @@ def measure_step(step: str, root: str, split: str = 'train') -> dict:
     return result
 
 
+def _measure_into(step: str, root: str, out: str) -> None:
+    """:func:`measure_step` in this process, its result written to ``out`` as JSON."""
+    with open(out, 'w') as f:
+        json.dump(measure_step(step, root), f)
+
+
 def zip_index_figures(root: str, steps=STEPS) -> Dict[str, dict]:
     """Every step of :data:`STEPS` in a fresh Python process of its own, one after
     the other, on ``root``'s ``train.zip`` and ``train_list.txt``."""
+    import tempfile
     figures = {}
-    for step in steps:
-        out = subprocess.run(
-            [sys.executable, '-c', 'import json, sys; from repvgg_mm.apis.zip_index_speed '
-             'import measure_step; print(json.dumps(measure_step(sys.argv[1], '
-             'sys.argv[2])))', step, root],
-            capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f'measuring {step!r} failed: {out.stderr.strip()[-2000:]}')
-        figures[step] = json.loads(out.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        for step in steps:
+            out = os.path.join(folder, f'{step}.json')
+            result = subprocess.run(
+                [sys.executable, '-c', 'import sys; from repvgg_mm.apis.zip_index_speed '
+                 'import _measure_into; _measure_into(*sys.argv[1:])', step, root, out],
+                capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(f'measuring {step!r} failed: '
+                                   f'{result.stderr.strip()[-2000:]}')
+            with open(out) as f:
+                figures[step] = json.load(f)
     return figures

@@ -31,9 +31,6 @@ Coordinating the ranks of a distributed job is :mod:`repvgg_mm.checkpoints.fetch
 job. Reading the file itself is left to the safe loader
 (:func:`repvgg_mm.checkpoints.load_checkpoint_file`).
 """
-import contextlib
-import errno
-import fcntl
 import functools
 import glob
 import hashlib
@@ -45,19 +42,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch.hub
 import yaml
 from mmengine.logging import print_log
 
-from repvgg_mm.fileio import atomic_path
+from repvgg_mm.fileio import atomic_path, file_lock
 from repvgg_mm.resources import config_root
 
 # torch.hub's `<name>-<8 hex digits>.<ext>`: the start of the file's SHA-256
 _HASH_IN_NAME = re.compile(r'.+-([0-9a-f]{8})\.[A-Za-z0-9]+')
 _HTML_START = (b'<!doctype', b'<html', b'<head', b'<?xml', b'<!--')
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 # (device, inode, size, mtime) of files this process verified / wrote, by path
 _verified: Dict[str, Tuple[Tuple[int, int, int, int], str]] = {}
@@ -187,14 +183,6 @@ def expected_prefix(url: str) -> Optional[str]:
     return hash_prefix(osp.basename(urllib.parse.urlparse(url).path))
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cached_path(url: str) -> str:
     """Where the download of ``url`` is (or will be) kept: ``<cache>/<name>`` for a zoo
     URL (torch.hub's name, shared with MMEngine and MMPretrain), else
@@ -234,42 +222,6 @@ def _matches(path: str, prefix: str) -> bool:
 
 def _usable(path: str, prefix: Optional[str]) -> bool:
     return osp.isfile(path) and (prefix is None or _matches(path, prefix))
-
-
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    """Hold ``fcntl.flock`` on ``<path>.lock``. The holder removes the lock file when it
-    is done; a waiter that then holds the lock of a removed file takes the new one (the
-    inode check), so the removal never lets two processes in at once."""
-    lock, folder = path + '.lock', osp.dirname(path)
-    while True:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            held, current = os.fstat(fd), os.stat(lock)
-        except FileNotFoundError:
-            os.close(fd)
-            continue
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in _NO_LOCKS:
-                raise
-            print_log(f'{folder} does not support file locks ({exc.strerror}); concurrent '
-                      'downloads into it are not coordinated', logger='current', level=30)
-            with contextlib.suppress(OSError):
-                os.remove(lock)
-            yield
-            return
-        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
-            break
-        os.close(fd)  # the lock file was replaced after we opened it
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(lock)
-        os.close(fd)
 
 
 def _move_aside(path: str) -> str:
@@ -348,7 +300,7 @@ def fetch_url(url: str) -> str:
         return path
     moved = None
     try:
-        with _file_lock(path):
+        with file_lock(path):
             if osp.lexists(path):
                 if _usable(path, prefix):  # a peer downloaded it while we waited
                     return path
@@ -417,7 +369,7 @@ def forget_download(path: str, url: str, seen: Optional[os.stat_result] = None) 
     if osp.abspath(path) != osp.abspath(cached_path(url)):
         return
     try:
-        with _file_lock(path):
+        with file_lock(path):
             try:
                 identity = _identity(os.stat(path))
             except FileNotFoundError:

@@ -1,7 +1,6 @@
 """Pack an ImageNet-layout folder into one zip archive per split (the zip mode of
 :mod:`repvgg_mm.datasets.zip_backend`)."""
 import contextlib
-import fcntl
 import glob
 import os
 import os.path as osp
@@ -11,7 +10,14 @@ from typing import Dict, Iterator, List, Sequence
 
 from mmengine.logging import print_log
 
-from repvgg_mm.fileio import OutputPathError, atomic_open, atomic_path, is_inside
+from repvgg_mm.fileio import (
+    OutputPathError,
+    atomic_open,
+    atomic_path,
+    file_lock,
+    fsync_path,
+    is_inside,
+)
 
 from .imagenet_layout import ImageNetLayoutDataset
 
@@ -31,31 +37,16 @@ def _member_name(img_path: str, src_root: str, split: str) -> str:
 
 @contextlib.contextmanager
 def _packing(dst_root: str, names: Sequence[str]) -> Iterator[None]:
-    """Hold ``dst_root``'s packing lock; first remove the temporary files an earlier
-    run that was killed (SIGKILL, power loss) left for ``names`` (named in the log).
-    Two packers never write into one folder at once: the second waits."""
-    os.makedirs(dst_root, exist_ok=True)
-    lock_path = osp.join(dst_root, '.pack_zip.lock')
-    try:
-        with open(lock_path, 'a') as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
-            for name in names:  # atomic_path's temporaries: .<name>.<random>.tmp
-                for stale in glob.glob(osp.join(glob.escape(dst_root), f'.{name}.*.tmp')):
-                    os.remove(stale)
-                    print_log(f'removed {stale!r}, left by an earlier packing run that was '
-                              'killed', logger='current', level=30)
-            yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(lock_path)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Hold ``dst_root``'s packing lock (two packers never write into one folder at
+    once: the second waits); first remove the temporary files an earlier run that was
+    killed (SIGKILL, power loss) left for ``names`` (named in the log)."""
+    with file_lock(osp.join(dst_root, '.pack_zip')):
+        for name in names:  # atomic_path's temporaries: .<name>.<random>.tmp
+            for stale in glob.glob(osp.join(glob.escape(dst_root), f'.{name}.*.tmp')):
+                os.remove(stale)
+                print_log(f'removed {stale!r}, left by an earlier packing run that was '
+                          'killed', logger='current', level=30)
+        yield
 
 
 def _write_archive(archive: str, samples: List[dict], members: List[str]) -> None:
@@ -79,7 +70,7 @@ def _write_archive(archive: str, samples: List[dict], members: List[str]) -> Non
                 except ValueError as exc:
                     raise ValueError(f'cannot pack source image {sample["img_path"]!r}: '
                                      f'{exc}; nothing was written') from exc
-        _fsync_path(tmp)  # on disk before the rename makes it the archive
+        fsync_path(tmp)  # on disk before the rename makes it the archive
         with zipfile.ZipFile(tmp) as zf:
             bad = zf.testzip()  # reads every member and checks its CRC-32
             if bad is not None:
@@ -146,6 +137,6 @@ def _pack_split(src_root: str, dst_root: str, split: str) -> dict:
         f.write(''.join(f'{split}.zip@/{m} {int(s["gt_label"])}\n'
                         for m, s in zip(members, samples)))
         _write_archive(archive, samples, members)
-    _fsync_path(dst_root)  # the renames too
+    fsync_path(dst_root)  # the renames too
     return dict(images=len(samples), archive=archive, list_file=list_file,
                 bytes=osp.getsize(archive))

@@ -22,7 +22,7 @@ from repvgg_mm.checkpoints import (
 )
 from repvgg_mm.checkpoints.fetch_gate import fetch_on_each_node
 from repvgg_mm.datasets.class_count import resolve_auto_num_classes
-from repvgg_mm.fileio import atomic_path, is_inside
+from repvgg_mm.fileio import atomic_path, fsync_path, is_inside
 from repvgg_mm.registry import RUNNERS
 
 _CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
@@ -231,23 +231,18 @@ class RepVGGRunner(Runner):
         step at MMEngine's version assert inside ``autocast``). The speed comes from
         the convolutions, so the backbone, neck and head are compiled
         (``nn.Module.compile``, which DDP's wrapped module uses as well); a model
-        without those parts is compiled whole. ``compile`` may be a dict of
-        ``torch.compile`` arguments.
+        without those submodules is compiled whole (``QATClassifier`` refuses).
+        ``compile`` may be a dict of ``torch.compile`` arguments.
         """
         compile_cfg = self.cfg.get('compile', None)
         if not compile_cfg or target != 'train_step':
             return
         kwargs = {} if compile_cfg is True else dict(compile_cfg)
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        if type(model).__name__ == 'QATClassifier':
-            raise ValueError('compile (configs/_base_/options/compile.py) does not fit '
-                             'quantization-aware training: the fake-quantized graph is '
-                             'already traced and the compiled step fails; train QAT '
-                             'without it')
-        names = [name for name in ('backbone', 'neck', 'head')
-                 if isinstance(getattr(model, name, None), torch.nn.Module)]
-        for part in [getattr(model, name) for name in names] or [model]:
-            part.compile(**kwargs)
+        children = dict(model.named_children())
+        names = [name for name in ('backbone', 'neck', 'head') if name in children]
+        for part in [children[name] for name in names] or [model]:
+            part.compile(**kwargs)  # a model that cannot be compiled refuses here
         self.logger.info(f"compile: {', '.join(names) or 'the model'} compiled with "
                          'torch.compile; the first iterations are slow')
 
@@ -274,8 +269,7 @@ class RepVGGRunner(Runner):
         try:
             with atomic_path(final) as tmp:  # removed again if anything below fails
                 super().save_checkpoint(out_dir, osp.basename(tmp), *args, **kwargs)
-                with open(tmp, 'rb+') as f:
-                    os.fsync(f.fileno())
+                fsync_path(tmp)
         except (OSError, RuntimeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise OSError(f'could not write checkpoint {final!r} (work dir {out_dir!r}): '

@@ -278,6 +278,14 @@ class QATClassifier(BaseModel):
         self.network(example_input(self.input_size)[0])
         self.train(self.training)
 
+    def compile(self, *args, **kwargs) -> None:
+        """Refused: the fake-quantized network is a traced graph already, and the
+        compiled training step fails in it (in-place error after graph breaks)."""
+        raise ValueError('compile (configs/_base_/options/compile.py) does not fit '
+                         'quantization-aware training: the fake-quantized graph is '
+                         'already traced and the compiled step fails; train QAT without '
+                         'it')
+
     @property
     def head(self) -> nn.Module:
         return self._head[0]

@@ -155,13 +155,19 @@ def fake_quantizer_names(module: nn.Module) -> List[str]:
             if isinstance(m, FakeQuantizeBase)]
 
 
-def quantization_buffers(module: nn.Module) -> List[Tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` of every floating-point buffer that training updates and the
-    exported file depends on: the BatchNorms' running statistics and the fake
-    quantizers' observed ranges (min/max), scales and zero points."""
-    return [(n, b) for n, b in module.named_buffers()
-            if b.is_floating_point() and n.rsplit('.', 1)[-1] in
-            ('running_mean', 'running_var', 'min_val', 'max_val', 'scale')]
+def _averaged_buffers(module: nn.Module) -> List[torch.Tensor]:
+    """The floating-point buffers that training moves and the exported file depends
+    on: the BatchNorms' running statistics and the fake quantizers' observed ranges."""
+    return [b for n, b in module.named_buffers() if b.is_floating_point()
+            and n.rsplit('.', 1)[-1] in ('running_mean', 'running_var', 'min_val', 'max_val')]
+
+
+@torch.no_grad()
+def set_qparams_from_observer(fq: nn.Module) -> None:
+    """Give a fake quantizer the scale and zero point of its observer's range."""
+    scale, zero_point = fq.activation_post_process.calculate_qparams()
+    fq.scale.resize_(scale.shape).copy_(scale)
+    fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
 
 
 @torch.no_grad()
@@ -178,7 +184,7 @@ def average_across_ranks(module: nn.Module) -> int:
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return 0
-    buffers = [b for n, b in quantization_buffers(module) if n.rsplit('.', 1)[-1] != 'scale']
+    buffers = _averaged_buffers(module)
     flat = torch.cat([b.reshape(-1).double() for b in buffers])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
@@ -188,10 +194,8 @@ def average_across_ranks(module: nn.Module) -> int:
         offset += b.numel()
     for _, fq in fake_quantizers(module):
         obs = fq.activation_post_process
-        if obs.min_val.numel() and not torch.isinf(obs.min_val).any():
-            scale, zero_point = obs.calculate_qparams()
-            fq.scale.resize_(scale.shape).copy_(scale)
-            fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        if obs.min_val.numel() and not torch.isinf(obs.min_val).any():  # observed
+            set_qparams_from_observer(fq)
     return len(buffers)
 
 

@@ -18,6 +18,7 @@ from ..export import (
     image_batches,
     onnx_input_kind,
     require_deploy_packages,
+    set_input_kind,
 )
 from .qdq import count_qdq_nodes
 
@@ -89,8 +90,7 @@ def quantize_onnx(cfg: Config, fp32_onnx: str, output: str, calib_images: int = 
                              f'{cfg.filename!r} is empty')
         proto = onnx.load(tmp)
         if not any(p.key == INPUT_KEY for p in proto.metadata_props):
-            meta = proto.metadata_props.add()
-            meta.key, meta.value = INPUT_KEY, input_kind
+            set_input_kind(proto, input_kind)
             onnx.save(proto, tmp)
         qdq_nodes = count_qdq_nodes(tmp)
         if qdq_nodes == 0:

@@ -35,6 +35,7 @@ from repvgg_mm.models.qat import (
     require_torchao,
     set_bn_statistics,
 )
+from repvgg_mm.models.quantizer import set_qparams_from_observer
 
 from ..export import (
     atomic_output,
@@ -142,9 +143,7 @@ def calibrate(network: torch.nn.Module, batches) -> int:
         obs.averaging_constant = averaging[name]
         obs.min_val.resize_(low[name].shape).copy_(low[name])
         obs.max_val.resize_(high[name].shape).copy_(high[name])
-        scale, zero_point = obs.calculate_qparams()
-        fq.scale.resize_(scale.shape).copy_(scale)
-        fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        set_qparams_from_observer(fq)
         fq.enable_fake_quant()
     return images
 

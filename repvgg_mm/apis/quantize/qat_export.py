@@ -28,7 +28,7 @@ from mmengine.config import Config
 
 from repvgg_mm.models.qat import QATClassifier, example_input
 
-from ..export import INPUT_KEY, image_batches
+from ..export import image_batches, set_input_kind
 from ..runtimes import runtime_session
 from .qdq import check_tensorrt_placement, quantize_biases, quantize_conv_outputs
 
@@ -60,9 +60,7 @@ def _to_onnx(converted: torch.nn.Module, size: int):
 def _save(proto, path: str) -> None:
     import onnx
     onnx.checker.check_model(proto)
-    if not any(p.key == INPUT_KEY for p in proto.metadata_props):
-        meta = proto.metadata_props.add()
-        meta.key, meta.value = INPUT_KEY, 'normalized'
+    set_input_kind(proto, 'normalized')
     onnx.save(proto, path)
 
 
